@@ -1,0 +1,50 @@
+"""A client runner: serves any number of virtual clients from one copy of the data.
+
+A runner holds the federated dataset (shared, read-only) and one model
+instance; `run(task, weights)` trains the task's client from the global
+weights. Thousands of registered clients therefore cost one model and no data
+copies per runner; a client's local data is sliced only while it trains.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from federated.data import FederatedData
+from federated.messages import ClientTask, ClientUpdate
+from federated.models import ModelConfig, build_model
+from federated.train import TrainConfig, local_train
+from qfl.errors import TrainingError
+
+
+class ClientRunner:
+    """Trains virtual clients of `data` with one reusable model."""
+
+    def __init__(
+        self, data: FederatedData, model: ModelConfig, train: TrainConfig, prox_mu: float = 0.0
+    ):
+        self._data = data
+        self._train = train
+        self._prox_mu = prox_mu
+        self._model = build_model(model, data.input_shape, data.num_classes, seed=0)
+
+    def run(self, task: ClientTask, weights: np.ndarray) -> ClientUpdate:
+        """Train client `task.client_id` from `weights`; return its update."""
+        if not 0 <= task.client_id < len(self._data.client_indices):
+            raise TrainingError(f"client {task.client_id} is not registered")
+        result = local_train(
+            self._model,
+            self._data.client(task.client_id),
+            weights,
+            self._train,
+            seed=task.seed,
+            prox_mu=self._prox_mu,
+        )
+        return ClientUpdate(
+            client_id=task.client_id,
+            round=task.round,
+            num_samples=result.num_samples,
+            loss=result.loss,
+            delta=result.delta,
+            seconds=result.seconds,
+        )

@@ -1,0 +1,50 @@
+"""Typed messages that cross actor boundaries in a round.
+
+The driver sends a `ClientTask` per sampled client; a client runner answers
+with a `ClientUpdate`, or the driver records a `ClientFailure` (a raised
+error, a dead actor, a missed deadline) so that a failure is data, not an
+exception that tears the round down.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ClientTask(BaseModel):
+    """Train client `client_id` in round `round` with the given seed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_id: int = Field(ge=0)
+    round: int = Field(ge=0)
+    seed: int = Field(ge=0)
+
+
+class ClientUpdate(BaseModel):
+    """A client's answer: its update Delta w_k and how training went."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    client_id: int
+    round: int
+    num_samples: int = Field(ge=0)
+    loss: float
+    delta: np.ndarray  # (P,) float32
+    seconds: float = Field(ge=0.0)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the update payload sent to the server."""
+        return int(self.delta.nbytes)
+
+
+class ClientFailure(BaseModel):
+    """A sampled client that produced no update this round, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_id: int
+    round: int
+    reason: str

@@ -1,0 +1,157 @@
+"""The `qfl` command line.
+
+    qfl run CONFIG [--set section.key=value ...] [--tracking-uri URI] [--address ADDR]
+    qfl validate CONFIG [--set ...]      # check and print the resolved config
+
+Exit codes: 0 success, 1 a run that failed, 2 a bad config or usage (before any work),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipelines.config import ExperimentConfig, dump_config, load_config
+from qfl.errors import ConfigError, QflError
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qfl", description="Hybrid classical-quantum federated learning on Ray."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run an experiment config")
+    _config_args(run)
+    run.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
+        "or the config's tracking.uri or sqlite:///mlflow.db)",
+    )
+    run.add_argument("--address", help="Ray address: 'auto' or ray://host:port (default: local)")
+    validate = commands.add_parser("validate", help="check a config and print it resolved")
+    _config_args(validate)
+    return parser
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (YAML syntax); repeatable",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False)
+    errors = Console(stderr=True)
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.command == "validate":
+            console.print(dump_config(config), end="", markup=False, highlight=False)
+            return 0
+        return _run(args, config, console)
+    except ConfigError as exc:
+        errors.print(f"[bold red]config error[/]: {exc}", markup=True, highlight=False)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        errors.print("[yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    except QflError as exc:
+        errors.print(f"[bold red]run failed[/]: {type(exc).__name__}: {exc}", highlight=False)
+        return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, config: ExperimentConfig, console: Console) -> int:
+    # Heavy imports (ray, torch, mlflow) only once the config is known to be good.
+    from pipelines.run import run_experiment
+    from pipelines.tracking import resolve_tracking_uri
+
+    if args.address:
+        config = config.model_copy(
+            update={"ray": config.ray.model_copy(update={"address": args.address})}
+        )
+    uri = resolve_tracking_uri(
+        args.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"), config.tracking.uri
+    )
+    with _ProgressObserver(console) as observer:
+        summary = run_experiment(
+            config, tracking_uri=uri, observer=observer, config_source=args.config
+        )
+    console.print(_summary_table(summary))
+    return 0
+
+
+def _summary_table(summary) -> Table:
+    table = Table(title="qfl run summary", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    rows = [
+        ("final test accuracy", f"{summary.final_accuracy:.4f}"),
+        ("final test loss", f"{summary.final_loss:.4f}"),
+        ("rounds", str(summary.rounds)),
+        ("wall time", f"{summary.wall_seconds:.1f} s"),
+        ("final weights sha256", summary.weights_hash[:16] + "..."),
+        ("mlflow run", f"{summary.run_id} (experiment {summary.experiment!r})"),
+        ("tracking uri", summary.tracking_uri),
+        ("artifacts", summary.artifact_uri),
+        ("run folder", str(summary.run_dir)),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+class _ProgressObserver:
+    """A live progress bar with the latest round metrics; plain lines when not a terminal."""
+
+    def __init__(self, console: Console):
+        self._console = console
+        self._progress = Progress(
+            TextColumn("[bold]round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=console,
+            transient=False,
+        )
+        self._task = None
+
+    def __enter__(self) -> _ProgressObserver:
+        if self._console.is_terminal:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def on_start(self, run_id: str, total_rounds: int) -> None:
+        self._console.print(f"mlflow run {run_id}: {total_rounds} rounds", highlight=False)
+        self._task = self._progress.add_task("rounds", total=total_rounds, metrics="starting Ray")
+
+    def on_round(self, record) -> None:
+        text = (
+            f"acc {record.test_accuracy:.4f}  loss {record.test_loss:.4f}  "
+            f"clients {record.participants} (failed {record.failed})  {record.seconds:.2f}s"
+        )
+        self._progress.update(self._task, advance=1, metrics=text)
+        if not self._console.is_terminal:
+            self._console.print(f"round {record.round}: {text}", highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

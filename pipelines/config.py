@@ -1,0 +1,219 @@
+"""The whole experiment as one frozen, validated object.
+
+A run is one YAML file plus command-line overrides (`--set section.key=value`).
+Everything is checked here, before Ray starts, an MLflow run opens or a folder
+is created: an unknown key, a wrong type, an out-of-range value, a missing file
+or malformed YAML raises `ConfigError` with the file and the dotted field path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from federated.data import DATASETS, PARTITIONS
+from federated.models import ModelConfig
+from federated.train import TrainConfig
+from qfl.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Section):
+    """Dataset, its split and how it is partitioned among clients."""
+
+    dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    root: Path | None = Field(None, description="folder with local MNIST/CIFAR-10 files")
+    test_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    partition: Literal[PARTITIONS] = "iid"  # type: ignore[valid-type]
+    alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration (partition=dirichlet)")
+    shards_per_client: int = Field(2, ge=1)
+    standardize: bool = True
+
+    @model_validator(mode="after")
+    def _root_for_file_datasets(self) -> DataConfig:
+        if self.dataset in ("mnist", "cifar10") and self.root is None:
+            raise ValueError(f"dataset {self.dataset!r} reads local files: set data.root")
+        return self
+
+
+class FederationConfig(_Section):
+    """Clients, rounds, sampling and the aggregation rule."""
+
+    clients: int = Field(8, ge=1)
+    rounds: int = Field(10, ge=1)
+    clients_per_round: int | None = Field(None, ge=1, description="sample this many per round")
+    sample_fraction: float = Field(1.0, gt=0.0, le=1.0, description="or this fraction")
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    prox_mu: float = Field(0.0, ge=0.0, description="FedProx proximal weight mu")
+    server_lr: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FederationConfig:
+        if self.clients_per_round is not None:
+            if self.sample_fraction != 1.0:
+                raise ValueError("set clients_per_round or sample_fraction, not both")
+            if self.clients_per_round > self.clients:
+                raise ValueError(
+                    f"clients_per_round={self.clients_per_round} exceeds clients={self.clients}"
+                )
+        if self.strategy == "fedprox" and self.prox_mu <= 0.0:
+            raise ValueError("strategy fedprox needs prox_mu > 0")
+        return self
+
+    @property
+    def per_round(self) -> int:
+        """Number of clients sampled each round."""
+        if self.clients_per_round is not None:
+            return self.clients_per_round
+        return max(1, round(self.sample_fraction * self.clients))
+
+
+class RayConfig(_Section):
+    """Where and how wide the run executes."""
+
+    address: str | None = Field(None, description="None: local ray.init; 'auto' or ray://...")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None: all)")
+    runners: int = Field(2, ge=1, description="client-runner actors serving all virtual clients")
+    runner_num_cpus: float = Field(1.0, gt=0.0)
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per runner")
+    round_timeout_s: float = Field(600.0, gt=0.0)
+
+
+class TrackingConfig(_Section):
+    """MLflow: where runs go and under which experiment."""
+
+    uri: str | None = Field(None, description="None: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    experiment: str = Field("qfl", min_length=1)
+    run_name: str | None = None
+
+
+class OutputConfig(_Section):
+    """Local run folder (checkpoints, resolved config)."""
+
+    runs_dir: Path = Path("runs")
+
+
+class ExperimentConfig(_Section):
+    """One experiment: every section above, plus the seed that makes it reproducible."""
+
+    name: str = Field("experiment", min_length=1)
+    seed: int = Field(0, ge=0)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    federation: FederationConfig = FederationConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _cnn_needs_images(self) -> ExperimentConfig:
+        if self.model.family == "cnn" and self.data.dataset not in ("mnist", "cifar10"):
+            raise ValueError(f"model.family cnn needs an image dataset, not {self.data.dataset!r}")
+        return self
+
+    def flat(self) -> dict[str, str]:
+        """Dotted-key view of the resolved config, e.g. {'federation.rounds': '10'}."""
+        return dict(_flatten(self.model_dump(mode="json")))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{path}.")
+        else:
+            yield path, "null" if value is None else str(value)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `section.key=value` into its dotted path and a YAML-typed value."""
+    key, sep, raw = text.partition("=")
+    path = [part.strip() for part in key.split(".")]
+    if not sep or not all(path):
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML: {exc}") from exc
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `--set` override written at its dotted path."""
+    result = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, or raise ConfigError naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def validate(raw: Mapping[str, Any], source: str) -> ExperimentConfig:
+    """Validate a raw mapping; errors name `source` and every bad dotted field path."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from exc
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: `source: section.key: message (got value)`."""
+    lines = [f"{source}: invalid config ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = f" (got {err['input']!r})" if err["type"] not in ("missing",) else ""
+        if err["type"] == "extra_forbidden":
+            got = ""
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Load, override and validate an experiment config; raise ConfigError on any problem."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides)
+    config = validate(raw, str(path))
+    root = config.data.root
+    if root is not None and not root.is_dir():
+        raise ConfigError(f"{path}: data.root: folder not found: {root}")
+    return config
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The resolved config as YAML that `load_config` reads back to an equal object."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

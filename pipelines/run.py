@@ -1,0 +1,281 @@
+"""The round loop: sample, dispatch, aggregate, evaluate, track, checkpoint.
+
+One round, as data (DESIGN.md): the driver holds w_t; it puts w_t in the
+object store once; the client pool trains the sampled clients on its runner
+actors; the aggregator actor combines their updates into w_{t+1}; the driver
+evaluates w_{t+1} on the held-out test set, logs the round to MLflow and
+writes a checkpoint to runs/<run_id>/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from actors.aggregator import AggregatorActor
+from actors.pool import ClientPool, RoundResult
+from federated.data import FederatedData, build_federated_data
+from federated.messages import ClientTask
+from federated.models import build_model, get_flat, set_flat, weights_hash
+from federated.sampling import client_seed, round_rng, sample_clients
+from federated.train import evaluate
+from pipelines.checkpoint import Checkpoint, append_round, save_checkpoint
+from pipelines.config import ExperimentConfig, RayConfig, dump_config
+from pipelines.plots import convergence_plot
+from pipelines.tracking import Tracker, git_commit
+
+
+class RoundRecord(BaseModel):
+    """Everything measured in one round; `metrics()` is what MLflow gets."""
+
+    model_config = ConfigDict(frozen=True)
+
+    round: int  # 1-based: the number of rounds completed
+    test_accuracy: float
+    test_loss: float
+    mean_client_loss: float
+    participants: int
+    failed: int
+    bytes_down: int
+    bytes_up: int
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+            "mean_client_loss": self.mean_client_loss,
+            "participants": self.participants,
+            "failed_clients": self.failed,
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "round_seconds": self.seconds,
+        }
+
+
+class RunSummary(BaseModel):
+    """How a run ended and where to find it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    artifact_uri: str
+    run_dir: Path
+    rounds: int
+    final_accuracy: float
+    final_loss: float
+    wall_seconds: float
+    weights_hash: str
+
+
+class RunObserver:
+    """Hooks for progress display; the default does nothing."""
+
+    def on_start(self, run_id: str, total_rounds: int) -> None:  # noqa: B027
+        pass
+
+    def on_round(self, record: RoundRecord) -> None:  # noqa: B027
+        pass
+
+
+@contextlib.contextmanager
+def ray_session(config: RayConfig) -> Iterator[None]:
+    """Use the Ray already initialised in this process, or start/connect and stop after."""
+    if ray.is_initialized():
+        yield
+        return
+    if config.address is None:
+        ray.init(num_cpus=config.num_cpus, include_dashboard=False, logging_level="WARNING")
+    else:
+        ray.init(address=config.address, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    tracking_uri: str,
+    observer: RunObserver | None = None,
+    config_source: str = "",
+) -> RunSummary:
+    """Run `config` end to end and return its summary; the MLflow run ends FAILED on error."""
+    observer = observer or RunObserver()
+    data = build_federated_data(
+        config.data.dataset,
+        n_clients=config.federation.clients,
+        partition=config.data.partition,
+        seed=config.seed,
+        root=config.data.root,
+        test_fraction=config.data.test_fraction,
+        alpha=config.data.alpha,
+        shards_per_client=config.data.shards_per_client,
+        standardize_features=config.data.standardize,
+    )
+    tags = {"seed": str(config.seed), "qfl.config_source": config_source}
+    commit = git_commit()
+    if commit:
+        tags |= {"git_commit": commit, "mlflow.source.git.commit": commit}
+    tracker = Tracker.start(
+        tracking_uri, config.tracking.experiment, config.tracking.run_name, tags
+    )
+    run_dir = config.output.runs_dir / tracker.run_id
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+        tracker.log_params(config.flat())
+        tracker.log_artifact(run_dir / "config.yaml")
+        observer.on_start(tracker.run_id, config.federation.rounds)
+        with ray_session(config.ray):
+            summary = _round_loop(config, data, tracker, run_dir, observer)
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return summary
+
+
+class Federation:
+    """The wired parts of a run (data, model, client pool, aggregator) and one round step."""
+
+    def __init__(self, config: ExperimentConfig, data: FederatedData):
+        fed = config.federation
+        self.config = config
+        self.data = data
+        self.model = build_model(config.model, data.input_shape, data.num_classes, seed=config.seed)
+        self.weights = get_flat(self.model)
+        self.pool = ClientPool.from_data(
+            data,
+            config.model,
+            config.train,
+            runners=config.ray.runners,
+            num_cpus=config.ray.runner_num_cpus,
+            prox_mu=fed.prox_mu if fed.strategy == "fedprox" else 0.0,
+            torch_threads=config.ray.torch_threads,
+        )
+        self.aggregator = AggregatorActor.remote(fed.strategy, fed.server_lr)
+        self.pool.wait_ready(timeout_s=config.ray.round_timeout_s)
+
+    def tasks(self, t: int) -> list[ClientTask]:
+        """Round t's sampled clients, each with its derived local seed."""
+        fed, seed = self.config.federation, self.config.seed
+        clients = sample_clients(fed.clients, fed.per_round, round_rng(seed, t))
+        return [ClientTask(client_id=k, round=t, seed=client_seed(seed, t, k)) for k in clients]
+
+    def step(self, t: int) -> tuple[RoundRecord, RoundResult]:
+        """Run round t (0-based): dispatch, aggregate, evaluate; updates `self.weights`."""
+        round_start = time.perf_counter()
+        tasks = self.tasks(t)
+        weights_ref = ray.put(self.weights)
+        result = self.pool.run_round(weights_ref, tasks, self.config.ray.round_timeout_s)
+        if result.refs:
+            self.weights = ray.get(self.aggregator.aggregate.remote(weights_ref, *result.refs))
+        record = _record(
+            t + 1, self.model, self.weights, self.data, result, len(tasks), round_start
+        )
+        return record, result
+
+
+def _round_loop(
+    config: ExperimentConfig,
+    data: FederatedData,
+    tracker: Tracker,
+    run_dir: Path,
+    observer: RunObserver,
+) -> RunSummary:
+    start = time.perf_counter()
+    federation = Federation(config, data)
+    save_checkpoint(run_dir, Checkpoint(round=0, weights=federation.weights))
+    history: list[RoundRecord] = []
+    for t in range(config.federation.rounds):
+        record, result = federation.step(t)
+        history.append(record)
+        track_round(tracker, run_dir, record, result)
+        save_checkpoint(run_dir, Checkpoint(round=record.round, weights=federation.weights))
+        observer.on_round(record)
+    wall = time.perf_counter() - start
+    digest = _finish(config, tracker, run_dir, federation.model, federation.weights, history)
+    final = history[-1]
+    return RunSummary(
+        run_id=tracker.run_id,
+        experiment=config.tracking.experiment,
+        tracking_uri=tracker.client.tracking_uri,
+        artifact_uri=tracker.artifact_uri,
+        run_dir=run_dir,
+        rounds=len(history),
+        final_accuracy=final.test_accuracy,
+        final_loss=final.test_loss,
+        wall_seconds=wall,
+        weights_hash=digest,
+    )
+
+
+def track_round(tracker: Tracker, run_dir: Path, record: RoundRecord, result: RoundResult) -> None:
+    """Log the round's metrics to MLflow and append it, with its failures, to rounds.jsonl."""
+    tracker.log_metrics(record.round, record.metrics(), int(time.time() * 1000))
+    failures = [f.model_dump() for f in result.failures]
+    append_round(run_dir, {**record.model_dump(), "failures": failures})
+
+
+def _record(
+    round_: int,
+    model: torch.nn.Module,
+    weights: np.ndarray,
+    data: FederatedData,
+    result: RoundResult,
+    sampled: int,
+    round_start: float,
+) -> RoundRecord:
+    set_flat(model, weights)
+    evaluation = evaluate(model, data.test)
+    losses = [u.loss for u in result.updates]
+    return RoundRecord(
+        round=round_,
+        test_accuracy=evaluation.accuracy,
+        test_loss=evaluation.loss,
+        mean_client_loss=float(np.mean(losses)) if losses else float("nan"),
+        participants=len(result.updates),
+        failed=len(result.failures),
+        bytes_down=weights.nbytes * sampled,
+        bytes_up=sum(u.nbytes for u in result.updates),
+        seconds=time.perf_counter() - round_start,
+    )
+
+
+def _finish(
+    config: ExperimentConfig,
+    tracker: Tracker,
+    run_dir: Path,
+    model: torch.nn.Module,
+    weights: np.ndarray,
+    history: list[RoundRecord],
+) -> str:
+    """Write and log the final model and the convergence plot; return the weights hash."""
+    set_flat(model, weights)
+    torch.save(model.state_dict(), run_dir / "model.pt")
+    plot = convergence_plot(
+        [r.round for r in history],
+        [r.test_accuracy for r in history],
+        [r.test_loss for r in history],
+        run_dir / "convergence.png",
+        title=config.name,
+    )
+    digest = weights_hash(weights)
+    tracker.set_tags({"final_weights_sha256": digest})
+    for path in (run_dir / "model.pt", plot, run_dir / "rounds.jsonl"):
+        tracker.log_artifact(path)
+    return digest

@@ -1,0 +1,92 @@
+"""MLflow tracking: one run per experiment, one metrics batch per round.
+
+Uses `MlflowClient` with an explicit run id (no fluent, process-global active
+run), so several runs can be tracked from one process and nothing leaks
+between them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_MAX_PARAMS_PER_BATCH = 100
+
+
+def resolve_tracking_uri(flag: str | None, env: str | None, configured: str | None) -> str:
+    """Precedence: --tracking-uri, then MLFLOW_TRACKING_URI, then the config, then ./mlflow.db."""
+    for candidate in (flag, env, configured):
+        if candidate:
+            return candidate
+    return DEFAULT_TRACKING_URI
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The current git commit of `cwd`, or None outside a repository."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class Tracker:
+    """One MLflow run: params, per-round metrics, artifacts, final status."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+
+    @classmethod
+    def start(
+        cls, uri: str, experiment: str, run_name: str | None, tags: Mapping[str, str]
+    ) -> Tracker:
+        """Create (or reuse) `experiment` at `uri` and open a new run in it."""
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(client, experiment)
+        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        return cls(client, run.info.run_id, experiment_id)
+
+    @property
+    def artifact_uri(self) -> str:
+        return self.client.get_run(self.run_id).info.artifact_uri
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float], timestamp_ms: int) -> None:
+        batch = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # created concurrently by another run
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id

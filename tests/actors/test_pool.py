@@ -1,0 +1,60 @@
+"""The client pool on a real local Ray: results, failures as data, deadlines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+
+from actors.pool import ClientPool
+from federated.client import ClientRunner
+from federated.data import build_federated_data
+from federated.messages import ClientTask
+from federated.models import ModelConfig, build_model, get_flat
+from federated.train import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+MODEL = ModelConfig(hidden=(8,))
+TRAIN = TrainConfig(epochs=1, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = build_federated_data("iris", n_clients=6, partition="iid", seed=0)
+    pool = ClientPool.from_data(data, MODEL, TRAIN, runners=2, num_cpus=0.5)
+    pool.wait_ready(timeout_s=120)
+    weights = get_flat(build_model(MODEL, data.input_shape, data.num_classes, seed=0))
+    return data, pool, weights
+
+
+def _tasks(ids, round_=0):
+    return [ClientTask(client_id=k, round=round_, seed=100 + k) for k in ids]
+
+
+def test_round_returns_the_same_updates_as_local_training(setup):
+    data, pool, weights = setup
+    result = pool.run_round(ray.put(weights), _tasks([4, 0, 2]), timeout_s=120)
+    assert [u.client_id for u in result.updates] == [0, 2, 4]
+    assert result.failures == []
+    local = ClientRunner(data, MODEL, TRAIN)
+    for update in result.updates:
+        expected = local.run(_tasks([update.client_id])[0], weights)
+        np.testing.assert_array_equal(update.delta, expected.delta)
+        assert update.num_samples == len(data.client_indices[update.client_id])
+
+
+def test_failing_client_is_recorded_and_round_completes(setup):
+    _, pool, weights = setup
+    result = pool.run_round(ray.put(weights), _tasks([1, 99, 3]), timeout_s=120)
+    assert [u.client_id for u in result.updates] == [1, 3]
+    assert [f.client_id for f in result.failures] == [99]
+    assert "not registered" in result.failures[0].reason
+
+
+def test_deadline_turns_stragglers_into_failures_without_hanging(setup):
+    _, pool, weights = setup
+    result = pool.run_round(ray.put(weights), _tasks(range(6)), timeout_s=1e-6)
+    assert len(result.updates) + len(result.failures) == 6
+    assert result.failures, "a deadline of 1 microsecond must leave clients unanswered"
+    assert all("timeout" in f.reason for f in result.failures)
