@@ -13,7 +13,7 @@ from federated.models import ModelConfig
 from federated.train import TrainConfig
 
 
-@ray.remote(max_restarts=1, max_task_retries=0)
+@ray.remote(max_restarts=0)
 class ClientRunnerActor:
     """One runner process; `data` arrives through the object store, shared read-only."""
 

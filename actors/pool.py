@@ -1,21 +1,22 @@
 """Driver-side handle on the client-runner actors: dispatch a round, collect, time out.
 
-The pool keeps at most `in_flight` tasks queued on each runner and feeds the
-next client to whichever runner finishes first: one `ray.wait` loop, visible
-here, with the round deadline applied to it. A task that raises, a runner that
-dies, or a client still running at the deadline becomes a `ClientFailure`.
+A round's tasks are planned onto the runners up front (longest first, by the
+clients' data sizes: `federated.client.balance`) and submitted at once, so
+each runner's queue is full from the start; one `ray.wait` with the round
+deadline collects them. A task that raises, a runner that dies, or a client
+still unanswered at the deadline becomes a `ClientFailure`: failures are data.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from actors.client_runner import ClientRunnerActor
+from federated.client import balance
 from federated.data import FederatedData
 from federated.messages import ClientFailure, ClientTask, ClientUpdate
 from federated.models import ModelConfig
@@ -44,13 +45,12 @@ class ClientPool:
         num_cpus: float,
         prox_mu: float = 0.0,
         torch_threads: int = 1,
-        in_flight: int = 2,
     ):
+        self._data_ref = data_ref  # keep the shared dataset alive as long as the runners
         options = ClientRunnerActor.options(num_cpus=num_cpus)
         self.actors = [
             options.remote(data_ref, model, train, prox_mu, torch_threads) for _ in range(runners)
         ]
-        self._in_flight = in_flight
 
     @classmethod
     def from_data(cls, data: FederatedData, model: ModelConfig, train: TrainConfig, **kw):
@@ -62,42 +62,27 @@ class ClientPool:
         ray.get([a.ready.remote() for a in self.actors], timeout=timeout_s)
 
     def run_round(
-        self, weights_ref: ray.ObjectRef, tasks: list[ClientTask], timeout_s: float
+        self,
+        weights_ref: ray.ObjectRef,
+        tasks: Sequence[ClientTask],
+        timeout_s: float,
+        costs: Sequence[float] | None = None,
     ) -> RoundResult:
         """Train every task's client from `weights_ref`; never raises for a client's fault."""
-        deadline = time.monotonic() + timeout_s
-        queue = deque(tasks)
-        pending: dict[ray.ObjectRef, tuple[ClientTask, int]] = {}
-        done: list[tuple[ClientTask, ray.ObjectRef]] = []
-        failures: list[ClientFailure] = []
-        load = [0] * len(self.actors)
-
-        def submit(slot: int) -> None:
-            task = queue.popleft()
-            ref = self.actors[slot].train.remote(weights_ref, task)
-            pending[ref] = (task, slot)
-            load[slot] += 1
-
-        for slot in range(len(self.actors)):
-            while queue and load[slot] < self._in_flight:
-                submit(slot)
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
-            for ref in ready:
-                task, slot = pending.pop(ref)
-                load[slot] -= 1
-                done.append((task, ref))
-                if queue:
-                    submit(slot)
-        for ref, (task, _) in pending.items():
-            ray.cancel(ref, force=False)
-            failures.append(_failure(task, f"no answer within the round timeout ({timeout_s}s)"))
-        for task in queue:
-            failures.append(_failure(task, "not dispatched before the round timeout"))
-        return _collect(done, failures)
+        plan = balance(costs if costs is not None else [1.0] * len(tasks), len(self.actors))
+        submitted = {
+            self.actors[slot].train.remote(weights_ref, task): task
+            for task, slot in zip(tasks, plan, strict=True)
+        }
+        ready, unanswered = ray.wait(
+            list(submitted), num_returns=len(submitted), timeout=timeout_s, fetch_local=False
+        )
+        failures = []
+        for ref in unanswered:
+            ray.cancel(ref)
+            reason = f"no answer within the round timeout ({timeout_s}s)"
+            failures.append(_failure(submitted[ref], reason))
+        return _collect([(submitted[ref], ref) for ref in ready], failures)
 
 
 def _collect(done: list[tuple[ClientTask, ray.ObjectRef]], failures: list[ClientFailure]):

@@ -30,7 +30,7 @@ def fedavg(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray
     if any(d.shape != shape for d in deltas):
         raise TrainingError(f"updates differ in shape: {sorted({d.shape for d in deltas})}")
     w = np.asarray(weights, dtype=np.float64)
-    if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+    if np.any(w < 0) or not np.isfinite(w).all() or not 0 < w.sum() < np.inf:
         raise TrainingError(f"aggregation weights must be finite, >= 0, not all 0: {w.tolist()}")
     total = np.zeros(shape, dtype=np.float64)
     for delta, share in zip(deltas, w / w.sum(), strict=True):

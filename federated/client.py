@@ -8,6 +8,9 @@ copies per runner; a client's local data is sliced only while it trains.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Sequence
+
 import numpy as np
 
 from federated.data import FederatedData
@@ -48,3 +51,22 @@ class ClientRunner:
             delta=result.delta,
             seconds=result.seconds,
         )
+
+
+def balance(costs: Sequence[float], workers: int) -> list[int]:
+    """Assign tasks to `workers` by longest-processing-time-first; returns a worker per task.
+
+    Greedy LPT (Graham 1969): tasks in decreasing cost go to the least-loaded
+    worker, ties to the lowest index, so the plan is deterministic and its
+    makespan is within 4/3 of optimal.
+    """
+    if workers < 1:
+        raise ValueError(f"need at least one worker, got {workers}")
+    loads = [(0.0, w) for w in range(workers)]
+    heapq.heapify(loads)
+    plan = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        load, worker = heapq.heappop(loads)
+        plan[i] = worker
+        heapq.heappush(loads, (load + costs[i], worker))
+    return plan

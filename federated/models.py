@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
 from qfl.errors import TrainingError
@@ -26,14 +26,12 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     family: Literal["mlp", "cnn"] = "mlp"
-    hidden: tuple[int, ...] = Field((64,), description="MLP hidden layer widths")
-    channels: tuple[int, ...] = Field((16, 32), description="CNN conv channels")
+    hidden: tuple[PositiveInt, ...] = Field((64,), description="MLP hidden layer widths")
+    channels: tuple[PositiveInt, ...] = Field((16, 32), description="CNN conv channels")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
-    def _positive_widths(self) -> ModelConfig:
-        if any(w < 1 for w in (*self.hidden, *self.channels)):
-            raise ValueError("layer widths must be >= 1")
+    def _cnn_has_convs(self) -> ModelConfig:
         if self.family == "cnn" and not self.channels:
             raise ValueError("a cnn needs at least one conv layer in model.channels")
         return self

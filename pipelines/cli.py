@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -61,17 +62,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         if args.command == "validate":
-            console.print(dump_config(config), end="", markup=False, highlight=False)
+            sys.stdout.write(dump_config(config))
             return 0
         return _run(args, config, console)
     except ConfigError as exc:
-        errors.print(f"[bold red]config error[/]: {exc}", markup=True, highlight=False)
+        errors.print(
+            f"[bold red]config error[/]: {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         return EXIT_CONFIG
     except KeyboardInterrupt:
         errors.print("[yellow]interrupted[/]")
         return EXIT_INTERRUPTED
     except QflError as exc:
-        errors.print(f"[bold red]run failed[/]: {type(exc).__name__}: {exc}", highlight=False)
+        errors.print(
+            f"[bold red]run failed[/]: {type(exc).__name__}: {escape(str(exc))}",
+            highlight=False,
+            soft_wrap=True,
+        )
         return EXIT_FAILED
 
 

@@ -8,6 +8,7 @@ or malformed YAML raises `ConfigError` with the file and the dotted field path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -69,10 +70,10 @@ class FederationConfig(_Section):
 
     @property
     def per_round(self) -> int:
-        """Number of clients sampled each round."""
+        """Clients sampled each round: clients_per_round, else floor(fraction x clients), >= 1."""
         if self.clients_per_round is not None:
             return self.clients_per_round
-        return max(1, round(self.sample_fraction * self.clients))
+        return max(1, math.floor(self.sample_fraction * self.clients + 1e-9))
 
 
 class RayConfig(_Section):
@@ -104,7 +105,7 @@ class ExperimentConfig(_Section):
     """One experiment: every section above, plus the seed that makes it reproducible."""
 
     name: str = Field("experiment", min_length=1)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -195,18 +196,36 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config ({exc.error_count()} problem(s))"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        got = f" (got {err['input']!r})" if err["type"] not in ("missing",) else ""
         if err["type"] == "extra_forbidden":
-            got = ""
+            allowed = ", ".join(_allowed_keys(err["loc"][:-1]))
+            lines.append(f"  {loc}: unknown key (allowed here: {allowed})")
+            continue
+        quiet = err["type"] == "missing" or isinstance(err["input"], Mapping)
+        got = "" if quiet else f" (got {err['input']!r})"
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"  {loc}: {msg}{got}")
     return "\n".join(lines)
 
 
+def _allowed_keys(section: tuple[str | int, ...]) -> list[str]:
+    """Field names of the config section at dotted path `section`."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in section:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
 def load_config(path: Path | str, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """Load, override and validate an experiment config; raise ConfigError on any problem."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), overrides)
+    raw = read_yaml(path)
+    try:
+        raw = apply_overrides(raw, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     config = validate(raw, str(path))
     root = config.data.root
     if root is not None and not root.is_dir():

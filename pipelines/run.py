@@ -30,6 +30,7 @@ from pipelines.checkpoint import Checkpoint, append_round, save_checkpoint
 from pipelines.config import ExperimentConfig, RayConfig, dump_config
 from pipelines.plots import convergence_plot
 from pipelines.tracking import Tracker, git_commit
+from qfl.errors import RunError
 
 
 class RoundRecord(BaseModel):
@@ -93,10 +94,14 @@ def ray_session(config: RayConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    if config.address is None:
-        ray.init(num_cpus=config.num_cpus, include_dashboard=False, logging_level="WARNING")
-    else:
-        ray.init(address=config.address, logging_level="WARNING")
+    try:
+        if config.address is None:
+            ray.init(num_cpus=config.num_cpus, include_dashboard=False, logging_level="WARNING")
+        else:
+            ray.init(address=config.address, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = config.address or "a local Ray"
+        raise RunError(f"cannot start or reach {where}: {exc}") from exc
     try:
         yield
     finally:
@@ -181,7 +186,8 @@ class Federation:
         round_start = time.perf_counter()
         tasks = self.tasks(t)
         weights_ref = ray.put(self.weights)
-        result = self.pool.run_round(weights_ref, tasks, self.config.ray.round_timeout_s)
+        sizes = [len(self.data.client_indices[task.client_id]) for task in tasks]
+        result = self.pool.run_round(weights_ref, tasks, self.config.ray.round_timeout_s, sizes)
         if result.refs:
             self.weights = ray.get(self.aggregator.aggregate.remote(weights_ref, *result.refs))
         record = _record(
@@ -202,10 +208,8 @@ def _round_loop(
     save_checkpoint(run_dir, Checkpoint(round=0, weights=federation.weights))
     history: list[RoundRecord] = []
     for t in range(config.federation.rounds):
-        record, result = federation.step(t)
+        record = run_round(federation, tracker, run_dir, t)
         history.append(record)
-        track_round(tracker, run_dir, record, result)
-        save_checkpoint(run_dir, Checkpoint(round=record.round, weights=federation.weights))
         observer.on_round(record)
     wall = time.perf_counter() - start
     digest = _finish(config, tracker, run_dir, federation.model, federation.weights, history)
@@ -224,11 +228,14 @@ def _round_loop(
     )
 
 
-def track_round(tracker: Tracker, run_dir: Path, record: RoundRecord, result: RoundResult) -> None:
-    """Log the round's metrics to MLflow and append it, with its failures, to rounds.jsonl."""
+def run_round(federation: Federation, tracker: Tracker, run_dir: Path, t: int) -> RoundRecord:
+    """One committed round: step, log to MLflow and rounds.jsonl, checkpoint."""
+    record, result = federation.step(t)
     tracker.log_metrics(record.round, record.metrics(), int(time.time() * 1000))
     failures = [f.model_dump() for f in result.failures]
     append_round(run_dir, {**record.model_dump(), "failures": failures})
+    save_checkpoint(run_dir, Checkpoint(round=record.round, weights=federation.weights))
+    return record
 
 
 def _record(

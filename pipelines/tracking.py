@@ -15,6 +15,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from qfl.errors import RunError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _MAX_PARAMS_PER_BATCH = 100
 
@@ -51,9 +53,12 @@ class Tracker:
         cls, uri: str, experiment: str, run_name: str | None, tags: Mapping[str, str]
     ) -> Tracker:
         """Create (or reuse) `experiment` at `uri` and open a new run in it."""
-        client = MlflowClient(tracking_uri=uri)
-        experiment_id = _experiment_id(client, experiment)
-        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            experiment_id = _experiment_id(client, experiment)
+            run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        except (MlflowException, OSError) as exc:
+            raise RunError(f"cannot open an MLflow run at {uri!r}: {exc}") from exc
         return cls(client, run.info.run_id, experiment_id)
 
     @property

@@ -45,7 +45,9 @@ def test_quickstart_through_cli_records_every_round_in_mlflow(tmp_path):
     for name in METRICS:
         history = client.get_metric_history(run.info.run_id, name)
         assert sorted(m.step for m in history) == list(range(1, 11)), name
-    accuracy = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_accuracy")}
+    accuracy = {
+        m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_accuracy")
+    }
     assert accuracy[10] >= 0.90
     assert run.data.params["federation.rounds"] == "10"
     assert run.data.params["data.partition"] == "dirichlet"

@@ -1,0 +1,90 @@
+"""F1: qfl's per-round time against a bare Ray map of the same local training.
+
+100 clients per round, a small MLP on digits, the same runner actors for both.
+qfl's round is the real one (`pipelines.run.run_round`: sampling, dispatch with
+deadline, aggregator actor, evaluation, MLflow metrics, rounds.jsonl,
+checkpoint); the bare round submits the same `train` calls round-robin to the
+same actors, gathers them with one `ray.get` and applies FedAvg in the driver.
+Rounds alternate between the two so that both see the same machine state.
+
+    python benchmarks/round_overhead.py [--rounds 20] [--clients 100]
+
+The last line is `F1 <ratio>` (median qfl round / median bare round; target <= 1.25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+from federated.aggregate import apply_update, fedavg
+from federated.data import build_federated_data
+from pipelines.config import load_config
+from pipelines.run import Federation, run_round
+from pipelines.tracking import Tracker
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+
+
+def bare_round(federation: Federation, t: int) -> None:
+    """The same training calls over the same actors, with nothing around them."""
+    weights_ref = ray.put(federation.weights)
+    tasks = federation.tasks(t)
+    actors = federation.pool.actors
+    refs = [actors[i % len(actors)].train.remote(weights_ref, task) for i, task in enumerate(tasks)]
+    updates = ray.get(refs)
+    delta = fedavg([u.delta for u in updates], [u.num_samples for u in updates])
+    apply_update(federation.weights, delta)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="qfl-bench-"))
+    config = load_config(
+        QUICKSTART,
+        [
+            f"federation.clients={args.clients}",
+            f"federation.clients_per_round={args.clients}",
+            "data.partition=iid",
+            "train.epochs=1",
+            f"output.runs_dir={workdir / 'runs'}",
+        ],
+    )
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    data = build_federated_data("digits", n_clients=args.clients, partition="iid", seed=config.seed)
+    tracker = Tracker.start(f"sqlite:///{workdir / 'mlflow.db'}", "bench", "round_overhead", {})
+    run_dir = workdir / "runs" / tracker.run_id
+    run_dir.mkdir(parents=True)
+    federation = Federation(config, data)
+    qfl_times, bare_times = [], []
+    for t in range(args.warmup + args.rounds):
+        start = time.perf_counter()
+        run_round(federation, tracker, run_dir, t)
+        qfl_s = time.perf_counter() - start
+        start = time.perf_counter()
+        bare_round(federation, t)
+        bare_s = time.perf_counter() - start
+        if t >= args.warmup:
+            qfl_times.append(qfl_s)
+            bare_times.append(bare_s)
+    tracker.end()
+    ray.shutdown()
+    qfl_med, bare_med = statistics.median(qfl_times), statistics.median(bare_times)
+    print(f"clients per round      {args.clients}")
+    print(f"rounds measured        {args.rounds} (after {args.warmup} warm-up)")
+    print(f"qfl round  median      {qfl_med * 1000:.1f} ms")
+    print(f"bare round median      {bare_med * 1000:.1f} ms")
+    print(f"F1 {qfl_med / bare_med:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Tests for pipelines.checkpoint: atomic save, load, and the rounds log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.checkpoint import (
+    CHECKPOINT,
+    ROUNDS_LOG,
+    Checkpoint,
+    append_round,
+    load_checkpoint,
+    save_checkpoint,
+)
+from qfl.errors import QflError, RunError
+
+
+@pytest.mark.parametrize(
+    ("round_", "weights"),
+    [
+        (0, np.arange(7, dtype=np.float32) / 3),
+        (12, np.random.default_rng(0).standard_normal(1000).astype(np.float32)),
+        (3, np.array([np.nextafter(np.float32(1), np.float32(2)), -0.0, 1e-45], np.float32)),
+        (1, np.zeros(0, dtype=np.float32)),
+    ],
+)
+def test_save_load_round_trip(tmp_path: Path, round_: int, weights: np.ndarray) -> None:
+    path = save_checkpoint(tmp_path, Checkpoint(round=round_, weights=weights))
+    assert path == tmp_path / CHECKPOINT
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.round == round_
+    assert isinstance(loaded.round, int)
+    assert loaded.weights.dtype == np.float32
+    assert loaded.weights.shape == weights.shape
+    assert loaded.weights.tobytes() == weights.tobytes()
+
+
+def test_save_is_atomic_and_leaves_no_temporary(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, Checkpoint(round=0, weights=np.ones(4, np.float32)))
+    save_checkpoint(tmp_path, Checkpoint(round=1, weights=np.full(4, 2.0, np.float32)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.round == 1
+    np.testing.assert_array_equal(loaded.weights, np.full(4, 2.0, np.float32))
+
+
+def test_saved_file_is_a_plain_npz(tmp_path: Path) -> None:
+    weights = np.linspace(-1, 1, 5, dtype=np.float32)
+    save_checkpoint(tmp_path, Checkpoint(round=4, weights=weights))
+    with np.load(tmp_path / CHECKPOINT, allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["round", "weights"]
+        assert int(npz["round"]) == 4
+        np.testing.assert_array_equal(npz["weights"], weights)
+
+
+def test_load_casts_to_float32(tmp_path: Path) -> None:
+    weights = np.array([0.1, 0.2], dtype=np.float64)
+    save_checkpoint(tmp_path, Checkpoint(round=2, weights=weights))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.weights.dtype == np.float32
+    assert loaded.weights.tobytes() == weights.astype(np.float32).tobytes()
+
+
+def test_load_without_checkpoint_raises_run_error(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="no checkpoint") as info:
+        load_checkpoint(tmp_path)
+    assert isinstance(info.value, QflError)
+    assert str(tmp_path / CHECKPOINT) in str(info.value)
+
+
+def test_append_round_writes_json_lines(tmp_path: Path) -> None:
+    records = [
+        {"round": 1, "test_accuracy": 0.5, "failures": []},
+        {"round": 2, "test_accuracy": 0.75, "failures": [{"client_id": 3, "reason": "x"}]},
+        {"round": 3, "test_loss": float("inf"), "note": "ünïcode"},
+    ]
+    for record in records:
+        append_round(tmp_path, record)
+    lines = (tmp_path / ROUNDS_LOG).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(records)
+    assert [json.loads(line) for line in lines] == records
+    # keys are sorted, so the log is stable whatever the dict's insertion order
+    assert list(json.loads(lines[1])) == sorted(records[1])
+
+
+def test_append_round_appends_to_existing_log(tmp_path: Path) -> None:
+    (tmp_path / ROUNDS_LOG).write_text('{"round": 0}\n', encoding="utf-8")
+    append_round(tmp_path, {"round": 1})
+    lines = (tmp_path / ROUNDS_LOG).read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [{"round": 0}, {"round": 1}]
