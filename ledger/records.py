@@ -1,0 +1,379 @@
+"""The ledger's records: one frozen pydantic model per transaction kind, and blocks.
+
+Every transaction carries a `kind` tag; `Transaction` is the union discriminated on it.
+`encode_tx` / `decode_tx` give each transaction its one canonical byte string
+(`ledger.encoding`), which is what the Merkle tree, the hashes and the store use.
+
+Scalars are strict (an int field refuses ``"3"``, ``3.0`` and ``True``; a bytes field
+refuses ``str``), containers are lenient (a list is accepted where a tuple is declared).
+Bytes are serialized as hex in JSON mode (`model_dump_json` / `model_validate_json`).
+Metrics are integers in micro-units (`ledger.encoding.to_micro`); no float is recorded.
+Signatures and public keys are opaque bytes here: checking them is `ledger.crypto`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ledger.encoding import (
+    DOMAIN_BLOCK_HEADER,
+    DOMAIN_TX,
+    DOMAIN_UPDATE_SIGNING,
+    HASH_BYTES,
+    LedgerIntegrityError,
+    decode_value,
+    domain_digest,
+    encode_value,
+)
+from ledger.merkle import merkle_root
+
+NONCE_BYTES: Final = 16
+ZERO_HASH: Final = bytes(HASH_BYTES)
+
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+Hash32 = Annotated[bytes, Strict(), Field(min_length=HASH_BYTES, max_length=HASH_BYTES)]
+Nonce = Annotated[bytes, Strict(), Field(min_length=NONCE_BYTES, max_length=NONCE_BYTES)]
+Blob = Annotated[bytes, Strict()]
+KeyBytes = Annotated[bytes, Strict(), Field(min_length=1)]
+Name = Annotated[str, Strict(), Field(min_length=1)]
+Text = Annotated[str, Strict()]
+Metrics = dict[Name, StrictInt]
+Assignment = Literal["classical", "quantum"]
+UpdatePath = Literal["classical", "quantum", "fallback"]
+RejectionRule = Literal[
+    "unregistered",
+    "not_sampled",
+    "wrong_round",
+    "replayed_nonce",
+    "bad_signature",
+    "shape_mismatch",
+    "non_finite",
+    "norm_bound",
+]
+IndexedKey = tuple[NonNegInt, KeyBytes]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="hex", val_json_bytes="hex"
+    )
+
+
+def _strictly_increasing(values: Sequence[int], what: str) -> None:
+    if any(a >= b for a, b in zip(values, values[1:], strict=False)):
+        raise ValueError(f"{what} must be strictly increasing (sorted, no duplicates)")
+
+
+def _sorted_metrics(metrics: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(metrics.items()))
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+class Genesis(_Record):
+    """Block 0's transaction: the run, its config and every key allowed to sign."""
+
+    kind: Literal["genesis"] = "genesis"
+    run_id: Name
+    config_hash: Hash32
+    crypto_backend: Name
+    validators: tuple[IndexedKey, ...] = Field(min_length=1)  # (validator index, public key)
+    clients: tuple[IndexedKey, ...]  # (client id, public key)
+    created_round: Literal[0] = 0
+
+    @field_validator("validators", "clients")
+    @classmethod
+    def _sorted_ids(cls, keys: tuple[IndexedKey, ...]) -> tuple[IndexedKey, ...]:
+        _strictly_increasing([index for index, _ in keys], "key indices")
+        return keys
+
+
+class RoundOpen(_Record):
+    """A round starts: its randomness beacon, the sampled clients and their assignment."""
+
+    kind: Literal["round_open"] = "round_open"
+    round: NonNegInt
+    beacon: KeyBytes
+    sampled: tuple[NonNegInt, ...]
+    plan: dict[NonNegInt, Assignment]  # client id -> where it trains; keys == sampled
+
+    @field_validator("sampled")
+    @classmethod
+    def _sorted_sampled(cls, sampled: tuple[int, ...]) -> tuple[int, ...]:
+        _strictly_increasing(sampled, "sampled clients")
+        return sampled
+
+    @field_validator("plan")
+    @classmethod
+    def _sorted_plan(cls, plan: dict[int, Assignment]) -> dict[int, Assignment]:
+        return dict(sorted(plan.items()))
+
+    @model_validator(mode="after")
+    def _plan_covers_sampled(self) -> RoundOpen:
+        if tuple(self.plan) != self.sampled:
+            raise ValueError("the plan must assign exactly the sampled clients")
+        return self
+
+
+class _UpdateFields(_Record):
+    client_id: NonNegInt
+    round: NonNegInt
+    nonce: Nonce
+    delta_digest: Hash32  # ledger.encoding.weights_digest of the update
+    num_examples: NonNegInt
+    path: UpdatePath
+    metrics: Metrics  # micro-units
+
+    @field_validator("metrics")
+    @classmethod
+    def _sorted(cls, metrics: dict[str, int]) -> dict[str, int]:
+        return _sorted_metrics(metrics)
+
+
+class UnsignedUpdate(_UpdateFields):
+    """An update as the client builds it before signing (see `update_signing_payload`)."""
+
+    def signed(self, signature: bytes) -> Update:
+        """This update with `signature` attached."""
+        return Update(**self.model_dump(), signature=signature)
+
+
+class Update(_UpdateFields):
+    """A client's signed update: the hash of its weights delta and how it was trained."""
+
+    kind: Literal["update"] = "update"
+    signature: Blob
+
+    def unsigned(self) -> UnsignedUpdate:
+        """The signed part of this update."""
+        return UnsignedUpdate(**self.model_dump(exclude={"kind", "signature"}))
+
+
+class Rejection(_Record):
+    """An update refused by a validation rule, recorded instead of aggregated."""
+
+    kind: Literal["rejection"] = "rejection"
+    client_id: NonNegInt
+    round: NonNegInt
+    nonce: Nonce
+    rule: RejectionRule
+    detail: Text
+
+
+class Fallback(_Record):
+    """A client's quantum job moved to the classical path because a resource failed."""
+
+    kind: Literal["fallback"] = "fallback"
+    client_id: NonNegInt
+    round: NonNegInt
+    resource: Name
+    reason: Text
+
+
+class RoundClose(_Record):
+    """A round ends: the aggregate's hash, the clients it includes and the round metrics."""
+
+    kind: Literal["round_close"] = "round_close"
+    round: NonNegInt
+    aggregate_weights_digest: Hash32
+    accepted: tuple[NonNegInt, ...]
+    metrics: Metrics  # micro-units
+
+    @field_validator("accepted")
+    @classmethod
+    def _sorted_accepted(cls, accepted: tuple[int, ...]) -> tuple[int, ...]:
+        _strictly_increasing(accepted, "accepted clients")
+        return accepted
+
+    @field_validator("metrics")
+    @classmethod
+    def _sorted(cls, metrics: dict[str, int]) -> dict[str, int]:
+        return _sorted_metrics(metrics)
+
+
+Transaction = Annotated[
+    Genesis | RoundOpen | Update | Rejection | Fallback | RoundClose,
+    Field(discriminator="kind"),
+]
+TX_TYPES: Final = (Genesis, RoundOpen, Update, Rejection, Fallback, RoundClose)
+TX_KINDS: Final = tuple(t.model_fields["kind"].default for t in TX_TYPES)
+_TX_ADAPTER: Final = TypeAdapter(Transaction)
+
+
+def encode_tx(tx: Transaction) -> bytes:
+    """The canonical bytes of a transaction (the Merkle leaf and the store's body)."""
+    if not isinstance(tx, TX_TYPES):
+        raise TypeError(f"not a ledger transaction: {type(tx).__name__}")
+    return encode_value(tx)
+
+
+def decode_tx(data: bytes) -> Transaction:
+    """Invert `encode_tx`; raise `LedgerIntegrityError` unless `data` is canonical."""
+    value = decode_value(data)
+    if not isinstance(value, dict):
+        raise LedgerIntegrityError("a transaction encodes a dict of fields")
+    try:
+        tx = _TX_ADAPTER.validate_python(value)
+    except ValidationError as exc:
+        raise LedgerIntegrityError(f"not a valid transaction: {_first_error(exc)}") from exc
+    if encode_tx(tx) != bytes(data):
+        raise LedgerIntegrityError("transaction bytes are not its canonical encoding")
+    return tx
+
+
+def tx_hash(tx: Transaction) -> bytes:
+    """The transaction's id: a domain-separated hash of its canonical bytes."""
+    return domain_digest(DOMAIN_TX, encode_tx(tx))
+
+
+def update_signing_payload(update: UnsignedUpdate | Update, run_id: str) -> bytes:
+    """The 32-byte digest a client signs for `update` in run `run_id`.
+
+    It binds the run, round, client, nonce, weights-delta hash, example count, path and
+    metrics. An `Update`'s signature (and kind tag) are ignored, so a verifier can pass the
+    recorded transaction itself.
+    """
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError("run_id must be a non-empty string")
+    fields = update.model_dump(exclude={"kind", "signature"})
+    body = encode_value({"run_id": run_id, "update": fields})
+    return domain_digest(DOMAIN_UPDATE_SIGNING, body)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err["loc"])
+    return f"{where}: {err['msg']}" if where else err["msg"]
+
+
+# --------------------------------------------------------------------------- blocks
+
+Certificate = tuple[tuple[NonNegInt, Blob], ...]  # (validator index, signature of block hash)
+_CERT_ADAPTER: Final = TypeAdapter(Certificate)
+
+
+class BlockHeader(_Record):
+    """What a block hash covers; the genesis block's `prev_hash` is 32 zero bytes."""
+
+    height: NonNegInt
+    prev_hash: Hash32
+    merkle_root: Hash32
+    proposer: NonNegInt  # validator index
+    round: NonNegInt
+
+    @model_validator(mode="after")
+    def _genesis_links_to_zero(self) -> BlockHeader:
+        if (self.height == 0) != (self.prev_hash == ZERO_HASH):
+            raise ValueError("exactly the genesis block (height 0) has prev_hash = 32 zero bytes")
+        return self
+
+
+def encode_header(header: BlockHeader) -> bytes:
+    """The canonical bytes of a block header (what `block_hash` hashes)."""
+    return encode_value(header)
+
+
+def decode_header(data: bytes) -> BlockHeader:
+    """Invert `encode_header`; raise `LedgerIntegrityError` unless `data` is canonical."""
+    value = decode_value(data)
+    try:
+        header = BlockHeader.model_validate(value)
+    except ValidationError as exc:
+        raise LedgerIntegrityError(f"not a valid block header: {_first_error(exc)}") from exc
+    if encode_header(header) != bytes(data):
+        raise LedgerIntegrityError("header bytes are not its canonical encoding")
+    return header
+
+
+def block_hash(header: BlockHeader) -> bytes:
+    """The block's hash: over the canonical header only (the certificate signs it)."""
+    return domain_digest(DOMAIN_BLOCK_HEADER, encode_header(header))
+
+
+def encode_certificate(certificate: Certificate) -> bytes:
+    """The canonical bytes of a quorum certificate."""
+    return encode_value(_validate_certificate(_CERT_ADAPTER.validate_python(certificate)))
+
+
+def decode_certificate(data: bytes) -> Certificate:
+    """Invert `encode_certificate`; raise `LedgerIntegrityError` on malformed bytes."""
+    try:
+        return _validate_certificate(_CERT_ADAPTER.validate_python(decode_value(data)))
+    except (ValidationError, ValueError) as exc:
+        raise LedgerIntegrityError(f"not a valid quorum certificate: {exc}") from exc
+
+
+def _validate_certificate(certificate: Certificate) -> Certificate:
+    _strictly_increasing([index for index, _ in certificate], "certificate validator indices")
+    return certificate
+
+
+def transactions_root(transactions: Sequence[Transaction]) -> bytes:
+    """The Merkle root over the transactions' canonical bytes."""
+    return merkle_root([encode_tx(tx) for tx in transactions])
+
+
+class Block(_Record):
+    """A header, its transactions (in Merkle order) and the quorum certificate on its hash."""
+
+    header: BlockHeader
+    transactions: tuple[Transaction, ...]
+    certificate: Certificate = ()
+
+    @field_validator("certificate")
+    @classmethod
+    def _sorted_certificate(cls, certificate: Certificate) -> Certificate:
+        return _validate_certificate(certificate)
+
+    @model_validator(mode="after")
+    def _root_matches(self) -> Block:
+        if transactions_root(self.transactions) != self.header.merkle_root:
+            raise ValueError("header merkle_root does not match the transactions")
+        return self
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    @property
+    def hash(self) -> bytes:
+        """`block_hash` of the header."""
+        return block_hash(self.header)
+
+    def with_certificate(self, certificate: Certificate) -> Block:
+        """This block with its quorum certificate replaced."""
+        return Block(header=self.header, transactions=self.transactions, certificate=certificate)
+
+
+def make_block(
+    *,
+    height: int,
+    prev_hash: bytes,
+    proposer: int,
+    round: int,
+    transactions: Sequence[Transaction],
+    certificate: Certificate = (),
+) -> Block:
+    """A block over `transactions`, its header's Merkle root computed here."""
+    header = BlockHeader(
+        height=height,
+        prev_hash=prev_hash,
+        merkle_root=transactions_root(transactions),
+        proposer=proposer,
+        round=round,
+    )
+    return Block(header=header, transactions=tuple(transactions), certificate=certificate)
