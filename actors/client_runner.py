@@ -24,9 +24,10 @@ class ClientRunnerActor:
         train: TrainConfig,
         prox_mu: float,
         torch_threads: int,
+        quantum=None,
     ):
         torch.set_num_threads(torch_threads)
-        self._runner = ClientRunner(data, model, train, prox_mu)
+        self._runner = ClientRunner(data, model, train, prox_mu, quantum)
 
     def train(self, weights: np.ndarray, task: ClientTask) -> ClientUpdate:
         return self._runner.run(task, weights)

@@ -45,11 +45,13 @@ class ClientPool:
         num_cpus: float,
         prox_mu: float = 0.0,
         torch_threads: int = 1,
+        quantum=None,
     ):
         self._data_ref = data_ref  # keep the shared dataset alive as long as the runners
         options = ClientRunnerActor.options(num_cpus=num_cpus)
         self.actors = [
-            options.remote(data_ref, model, train, prox_mu, torch_threads) for _ in range(runners)
+            options.remote(data_ref, model, train, prox_mu, torch_threads, quantum)
+            for _ in range(runners)
         ]
 
     @classmethod

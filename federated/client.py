@@ -15,7 +15,7 @@ import numpy as np
 
 from federated.data import FederatedData
 from federated.messages import ClientTask, ClientUpdate
-from federated.models import ModelConfig, build_model
+from federated.models import ModelConfig, build_model, reseed
 from federated.train import TrainConfig, local_train
 from qfl.errors import TrainingError
 
@@ -24,17 +24,25 @@ class ClientRunner:
     """Trains virtual clients of `data` with one reusable model."""
 
     def __init__(
-        self, data: FederatedData, model: ModelConfig, train: TrainConfig, prox_mu: float = 0.0
+        self,
+        data: FederatedData,
+        model: ModelConfig,
+        train: TrainConfig,
+        prox_mu: float = 0.0,
+        quantum=None,
     ):
         self._data = data
         self._train = train
         self._prox_mu = prox_mu
-        self._model = build_model(model, data.input_shape, data.num_classes, seed=0)
+        self._model = build_model(
+            model, data.input_shape, data.num_classes, seed=0, quantum=quantum
+        )
 
     def run(self, task: ClientTask, weights: np.ndarray) -> ClientUpdate:
         """Train client `task.client_id` from `weights`; return its update."""
         if not 0 <= task.client_id < len(self._data.client_indices):
             raise TrainingError(f"client {task.client_id} is not registered")
+        reseed(self._model, task.seed)
         result = local_train(
             self._model,
             self._data.client(task.client_id),

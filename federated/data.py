@@ -371,6 +371,50 @@ def standardize(train: ArrayDataset, test: ArrayDataset) -> tuple[ArrayDataset, 
 # --------------------------------------------------------------------------- partitioning
 
 
+def select_classes(
+    train: ArrayDataset, test: ArrayDataset, classes: Sequence[int], num_classes: int
+) -> tuple[ArrayDataset, ArrayDataset, int]:
+    """Keep samples whose label is in ``classes``; relabel ``classes[i]`` as ``i``."""
+    wanted = [int(c) for c in classes]
+    if len(set(wanted)) != len(wanted) or len(wanted) < 2:
+        raise DataError(f"classes must be at least two distinct labels, got {wanted}")
+    if any(not 0 <= c < num_classes for c in wanted):
+        raise DataError(f"classes {wanted} outside the dataset's labels 0..{num_classes - 1}")
+    lookup = np.full(num_classes, -1, dtype=np.int64)
+    lookup[wanted] = np.arange(len(wanted))
+
+    def keep(ds: ArrayDataset) -> ArrayDataset:
+        mask = lookup[ds.y] >= 0
+        return ArrayDataset(ds.x[mask], lookup[ds.y[mask]])
+
+    return keep(train), keep(test), len(wanted)
+
+
+def pca_reduce(
+    train: ArrayDataset, test: ArrayDataset, components: int
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """Project flattened features on the top ``components`` principal axes of TRAIN.
+
+    The projections are divided by the training standard deviation of each
+    component, so every reduced feature has unit variance on the training set.
+    """
+    from sklearn.decomposition import PCA
+
+    features = int(np.prod(train.x.shape[1:]))
+    if not 1 <= components <= min(features, len(train)):
+        raise DataError(f"pca_components={components} must be in 1..{min(features, len(train))}")
+    flat_train = train.x.reshape(len(train), -1).astype(np.float64)
+    pca = PCA(n_components=components, svd_solver="full").fit(flat_train)
+    scale = np.sqrt(pca.explained_variance_)
+    scale = np.where(scale < _STD_FLOOR, 1.0, scale)
+
+    def project(ds: ArrayDataset) -> ArrayDataset:
+        z = pca.transform(ds.x.reshape(len(ds), -1).astype(np.float64)) / scale
+        return ArrayDataset(z.astype(np.float32), ds.y)
+
+    return project(train), project(test)
+
+
 def _as_labels(labels: np.ndarray) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.ndim != 1:
@@ -557,11 +601,16 @@ def build_federated_data(
     alpha: float = 0.5,
     shards_per_client: int = 2,
     standardize_features: bool = True,
+    classes: Sequence[int] | None = None,
+    pca_components: int | None = None,
 ) -> FederatedData:
     """Load, optionally standardize and partition a dataset; deterministic in ``seed``.
 
     The train/test split and the partition use independent child generators spawned
-    from ``np.random.SeedSequence(seed)``.
+    from ``np.random.SeedSequence(seed)``. ``classes`` keeps only those labels
+    (relabelled 0..k-1 in the given order) before anything is fitted;
+    ``pca_components`` reduces the features to that many principal components,
+    fitted on the training set and scaled to unit variance (for angle encoding).
     """
     _check_scheme(partition)
     if seed < 0:
@@ -570,8 +619,12 @@ def build_federated_data(
     train, test, num_classes = load_dataset(
         name, root=root, test_fraction=test_fraction, rng=np.random.default_rng(split_seq)
     )
+    if classes is not None:
+        train, test, num_classes = select_classes(train, test, classes, num_classes)
     if standardize_features:
         train, test = standardize(train, test)
+    if pca_components is not None:
+        train, test = pca_reduce(train, test, pca_components)
     indices = _partition(
         train.y,
         n_clients,

@@ -21,18 +21,23 @@ from qfl.errors import TrainingError
 
 
 class ModelConfig(BaseModel):
-    """Model family and its shape."""
+    """Model kind and its classical shape (the quantum layer is configured by QuantumConfig).
+
+    mlp and cnn are classical; hybrid is encoder MLP (hidden) -> quantum layer ->
+    linear head; vqc is a variational quantum classifier on `qubits` features
+    (reduce them first, e.g. data.pca_components) with a linear readout.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    family: Literal["mlp", "cnn"] = "mlp"
-    hidden: tuple[PositiveInt, ...] = Field((64,), description="MLP hidden layer widths")
+    kind: Literal["mlp", "cnn", "hybrid", "vqc"] = "mlp"
+    hidden: tuple[PositiveInt, ...] = Field((64,), description="MLP / hybrid encoder widths")
     channels: tuple[PositiveInt, ...] = Field((16, 32), description="CNN conv channels")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _cnn_has_convs(self) -> ModelConfig:
-        if self.family == "cnn" and not self.channels:
+        if self.kind == "cnn" and not self.channels:
             raise ValueError("a cnn needs at least one conv layer in model.channels")
         return self
 
@@ -78,18 +83,88 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class HybridModel(nn.Module):
+    """Classical encoder -> variational quantum layer -> classical head (DESIGN.md).
+
+    The encoder maps features to n angles in (-pi/2, pi/2) (tanh-squashed), the
+    quantum layer returns n_outputs expectation values in [-1, 1], and a linear
+    head turns them into class logits.
+    """
+
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], quantum, num_classes: int, *, seed: int
+    ):
+        super().__init__()
+        from quantum.layer import QuantumLayer
+
+        self.encoder = MLP(in_features, hidden, quantum.qubits, dropout=0.0)
+        self.quantum = QuantumLayer(quantum, seed=seed)
+        self.head = nn.Linear(self.quantum.num_outputs, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B, classes)
+        angles = torch.tanh(self.encoder(x)) * (torch.pi / 2)  # (B, n)
+        return self.head(self.quantum(angles))
+
+    def penalty(self) -> torch.Tensor:
+        return self.quantum.penalty()
+
+
+class VQCClassifier(nn.Module):
+    """Features (already reduced to n) as angles -> quantum layer -> linear readout."""
+
+    def __init__(self, in_features: int, quantum, num_classes: int, *, seed: int):
+        super().__init__()
+        from quantum.layer import QuantumLayer
+
+        if in_features != quantum.qubits:
+            raise TrainingError(
+                f"vqc needs one feature per qubit: {in_features} features for "
+                f"{quantum.qubits} qubits (set data.pca_components: {quantum.qubits})"
+            )
+        self.scale = quantum.input_scale
+        self.quantum = QuantumLayer(quantum, seed=seed)
+        self.readout = nn.Linear(self.quantum.num_outputs, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, n) -> (B, classes)
+        return self.readout(self.quantum(self.scale * x.flatten(1)))
+
+    def penalty(self) -> torch.Tensor:
+        return self.quantum.penalty()
+
+
 def build_model(
-    config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, seed: int
+    config: ModelConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    seed: int,
+    quantum=None,
 ) -> nn.Module:
-    """Build a model whose initial weights depend only on `seed` (global RNG untouched)."""
+    """Build a model whose initial weights depend only on `seed` (global RNG untouched).
+
+    `quantum` (a `quantum.layer.QuantumConfig`) is required for kinds hybrid and vqc.
+    """
+    features = int(np.prod(input_shape))
+    if config.kind in ("hybrid", "vqc") and quantum is None:
+        raise TrainingError(f"model.kind {config.kind} needs a quantum section")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if config.family == "mlp":
-            features = int(np.prod(input_shape))
+        if config.kind == "mlp":
             return MLP(features, config.hidden, num_classes, config.dropout)
+        if config.kind == "hybrid":
+            return HybridModel(features, config.hidden, quantum, num_classes, seed=seed)
+        if config.kind == "vqc":
+            return VQCClassifier(features, quantum, num_classes, seed=seed)
         if len(input_shape) != 3:
             raise TrainingError(f"cnn needs (C, H, W) inputs, got shape {input_shape}")
         return SmallCNN(input_shape[0], config.channels, num_classes, config.dropout)
+
+
+def reseed(model: nn.Module, seed: int) -> None:
+    """Restart the shot noise of every quantum layer in `model` from `seed`."""
+    for module in model.modules():
+        if module is not model and hasattr(module, "reseed"):
+            module.reseed(seed)
 
 
 def get_flat(model: nn.Module) -> np.ndarray:

@@ -84,7 +84,9 @@ def local_train(
                 xb, yb = x[batch], y[batch]  # (b, ...), (b,)
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(xb), yb)
-                objective = loss + _proximal(model, anchors, prox_mu) if anchors else loss
+                objective = loss + _penalty(model)
+                if anchors:
+                    objective = objective + _proximal(model, anchors, prox_mu)
                 objective.backward()
                 optimizer.step()
                 total += loss.item() * len(yb)
@@ -97,6 +99,12 @@ def local_train(
         loss=epoch_loss,
         seconds=time.perf_counter() - start,
     )
+
+
+def _penalty(model: nn.Module) -> torch.Tensor | float:
+    """The model's own regulariser (Eq. 2's gamma and beta terms for quantum models)."""
+    penalty = getattr(model, "penalty", None)
+    return penalty() if callable(penalty) else 0.0
 
 
 def _proximal(model: nn.Module, anchors: list[torch.Tensor], mu: float) -> torch.Tensor:

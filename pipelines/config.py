@@ -20,6 +20,7 @@ from federated.data import DATASETS, PARTITIONS
 from federated.models import ModelConfig
 from federated.train import TrainConfig
 from qfl.errors import ConfigError
+from quantum.layer import QuantumConfig
 
 
 class _Section(BaseModel):
@@ -36,12 +37,24 @@ class DataConfig(_Section):
     alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration (partition=dirichlet)")
     shards_per_client: int = Field(2, ge=1)
     standardize: bool = True
+    classes: tuple[int, ...] | None = Field(None, description="keep these labels only, e.g. [0, 1]")
+    pca_components: int | None = Field(None, ge=1, description="reduce features by PCA (train)")
 
     @model_validator(mode="after")
     def _root_for_file_datasets(self) -> DataConfig:
         if self.dataset in ("mnist", "cifar10") and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} reads local files: set data.root")
         return self
+
+
+FEATURES = {
+    "digits": 64,
+    "breast_cancer": 30,
+    "iris": 4,
+    "wine": 13,
+    "mnist": 784,
+    "cifar10": 3072,
+}
 
 
 class FederationConfig(_Section):
@@ -110,14 +123,27 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     federation: FederationConfig = FederationConfig()
+    quantum: QuantumConfig | None = None
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
-    def _cnn_needs_images(self) -> ExperimentConfig:
-        if self.model.family == "cnn" and self.data.dataset not in ("mnist", "cifar10"):
-            raise ValueError(f"model.family cnn needs an image dataset, not {self.data.dataset!r}")
+    def _model_fits_data(self) -> ExperimentConfig:
+        kind, dataset = self.model.kind, self.data.dataset
+        if kind == "cnn" and dataset not in ("mnist", "cifar10"):
+            raise ValueError(f"model.kind cnn needs an image dataset, not {dataset!r}")
+        if kind == "cnn" and self.data.pca_components is not None:
+            raise ValueError("model.kind cnn needs images: remove data.pca_components")
+        if kind in ("hybrid", "vqc") and self.quantum is None:
+            raise ValueError(f"model.kind {kind} needs a quantum section (quantum.qubits, ...)")
+        if kind == "vqc":
+            features = self.data.pca_components or FEATURES[dataset]
+            if features != self.quantum.qubits:
+                raise ValueError(
+                    f"vqc encodes one feature per qubit: {dataset} gives {features} features "
+                    f"but quantum.qubits={self.quantum.qubits} (set data.pca_components)"
+                )
         return self
 
     def flat(self) -> dict[str, str]:

@@ -127,6 +127,8 @@ def run_experiment(
         alpha=config.data.alpha,
         shards_per_client=config.data.shards_per_client,
         standardize_features=config.data.standardize,
+        classes=config.data.classes,
+        pca_components=config.data.pca_components,
     )
     tags = {"seed": str(config.seed), "qfl.config_source": config_source}
     commit = git_commit()
@@ -161,12 +163,19 @@ class Federation:
         fed = config.federation
         self.config = config
         self.data = data
-        self.model = build_model(config.model, data.input_shape, data.num_classes, seed=config.seed)
+        self.model = build_model(
+            config.model,
+            data.input_shape,
+            data.num_classes,
+            seed=config.seed,
+            quantum=config.quantum,
+        )
         self.weights = get_flat(self.model)
         self.pool = ClientPool.from_data(
             data,
             config.model,
             config.train,
+            quantum=config.quantum,
             runners=config.ray.runners,
             num_cpus=config.ray.runner_num_cpus,
             prox_mu=fed.prox_mu if fed.strategy == "fedprox" else 0.0,

@@ -25,3 +25,11 @@ class TrainingError(QflError):
 
 class RunError(QflError):
     """A run cannot start or resume (missing checkpoint, unknown run id)."""
+
+
+class QuantumError(QflError):
+    """A circuit or executor cannot do what was asked (unsupported gate, bad shapes)."""
+
+
+class QuantumResourceUnavailable(QuantumError):
+    """A quantum resource (simulator backend, IBM device) is missing or failed."""

@@ -562,3 +562,37 @@ def test_federated_data_rejects_overlapping_indices() -> None:
 def test_array_dataset_length_mismatch() -> None:
     with pytest.raises(DataError):
         ArrayDataset(np.zeros((3, 2)), np.zeros(2))
+
+
+def test_select_classes_keeps_and_relabels_in_the_given_order():
+    data = build_federated_data("digits", n_clients=2, partition="iid", seed=0, classes=[7, 3])
+    assert data.num_classes == 2
+    assert set(np.unique(data.train.y)) == {0, 1}
+    assert len(data.train) + len(data.test) == 179 + 183  # digits: 179 sevens, 183 threes
+    assert np.sum(data.train.y == 0) + np.sum(data.test.y == 0) == 179  # 7 -> 0
+
+
+def test_pca_reduce_is_fitted_on_train_with_unit_variance():
+    data = build_federated_data("digits", n_clients=2, partition="iid", seed=0, pca_components=5)
+    assert data.train.x.shape[1:] == (5,)
+    assert np.allclose(data.train.x.mean(axis=0), 0, atol=1e-4)
+    assert np.allclose(data.train.x.std(axis=0, ddof=1), 1, atol=1e-4)
+    # components are uncorrelated on the training set
+    corr = np.corrcoef(data.train.x.T)
+    assert np.allclose(corr, np.eye(5), atol=1e-4)
+    # the test set is projected, not refitted: its variance is not exactly 1
+    assert not np.allclose(data.test.x.std(axis=0, ddof=1), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"classes": [1]}, "at least two"),
+        ({"classes": [1, 1]}, "at least two"),
+        ({"classes": [0, 12]}, "outside"),
+        ({"pca_components": 65}, "pca_components"),
+    ],
+)
+def test_class_and_pca_errors(kwargs, match):
+    with pytest.raises(DataError, match=match):
+        build_federated_data("digits", n_clients=2, partition="iid", seed=0, **kwargs)

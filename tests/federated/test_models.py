@@ -35,14 +35,14 @@ def n_params(model: torch.nn.Module) -> int:
         (ModelConfig(hidden=(16,)), (1, 8, 8), 10, MLP, 64 * 16 + 16 + 16 * 10 + 10),
         (ModelConfig(hidden=(16,), dropout=0.5), (30,), 2, MLP, 30 * 16 + 16 + 16 * 2 + 2),
         (
-            ModelConfig(family="cnn", channels=(4, 8)),
+            ModelConfig(kind="cnn", channels=(4, 8)),
             (1, 8, 8),
             10,
             SmallCNN,
             (1 * 4 * 9 + 4) + (4 * 8 * 9 + 8) + (8 * 10 + 10),
         ),
         (
-            ModelConfig(family="cnn", channels=(6,)),
+            ModelConfig(kind="cnn", channels=(6,)),
             (3, 32, 32),
             10,
             SmallCNN,
@@ -62,7 +62,7 @@ def test_build_model_shapes(config, input_shape, classes, cls, expected_params) 
 
 def test_cnn_needs_image_input() -> None:
     with pytest.raises(TrainingError, match="cnn needs"):
-        build_model(ModelConfig(family="cnn"), (64,), 10, seed=0)
+        build_model(ModelConfig(kind="cnn"), (64,), 10, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -70,9 +70,9 @@ def test_cnn_needs_image_input() -> None:
     [
         {"hidden": (0,)},
         {"channels": (4, -1)},
-        {"family": "cnn", "channels": ()},
+        {"kind": "cnn", "channels": ()},
         {"dropout": 1.0},
-        {"family": "rnn"},
+        {"kind": "rnn"},
         {"width": 3},
     ],
 )
@@ -83,7 +83,7 @@ def test_model_config_rejects(kwargs: dict) -> None:
 
 @pytest.mark.parametrize(
     ("config", "shape"),
-    [(ModelConfig(hidden=(32, 16)), (20,)), (ModelConfig(family="cnn", channels=(4,)), (1, 8, 8))],
+    [(ModelConfig(hidden=(32, 16)), (20,)), (ModelConfig(kind="cnn", channels=(4,)), (1, 8, 8))],
 )
 def test_same_seed_same_weights_different_seed_different(config, shape) -> None:
     a = get_flat(build_model(config, shape, 3, seed=7))
@@ -113,7 +113,7 @@ def test_get_flat_is_float32_copy_in_state_dict_order() -> None:
 
 @pytest.mark.parametrize(
     ("config", "shape"),
-    [(ModelConfig(hidden=(8, 4)), (6,)), (ModelConfig(family="cnn", channels=(4, 4)), (2, 8, 8))],
+    [(ModelConfig(hidden=(8, 4)), (6,)), (ModelConfig(kind="cnn", channels=(4, 4)), (2, 8, 8))],
 )
 def test_set_then_get_round_trips(config, shape) -> None:
     model = build_model(config, shape, 3, seed=0)

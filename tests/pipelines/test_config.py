@@ -19,6 +19,7 @@ from pipelines.config import (
 from qfl.errors import ConfigError, QflError
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+REPO_CONFIGS = QUICKSTART.parent
 
 
 def write(path: Path, text: str) -> Path:
@@ -39,7 +40,7 @@ def test_quickstart_loads_expected_values() -> None:
     assert c.data.partition == "dirichlet"
     assert c.data.alpha == 0.5
     assert c.data.root is None
-    assert c.model.family == "mlp"
+    assert c.model.kind == "mlp"
     assert c.model.hidden == (64,)
     assert c.train.optimizer == "sgd"
     assert c.train.lr == 0.05
@@ -142,7 +143,7 @@ def test_dump_config_round_trips(tmp_path: Path, overrides: list[str]) -> None:
 def test_dump_config_round_trips_with_data_root(tmp_path: Path) -> None:
     root = tmp_path / "mnist"
     root.mkdir()
-    c = load_config(QUICKSTART, ["data.dataset=mnist", f"data.root={root}", "model.family=cnn"])
+    c = load_config(QUICKSTART, ["data.dataset=mnist", f"data.root={root}", "model.kind=cnn"])
     assert c.data.root == root
     assert load_config(write(tmp_path / "r.yaml", dump_config(c))) == c
 
@@ -161,10 +162,19 @@ def test_flat_gives_dotted_string_values() -> None:
     sections = ("data", "model", "train", "federation", "ray", "tracking", "output")
     assert not set(sections) & set(flat)
     c = ExperimentConfig()
-    expected = {"name", "seed"} | {
+    expected = {"name", "seed", "quantum"} | {
         f"{s}.{f}" for s in sections for f in type(getattr(c, s)).model_fields
     }
-    assert set(flat) == expected
+    assert set(flat) == expected  # an absent optional section is one 'null' leaf
+    assert flat["quantum"] == "null"
+
+
+def test_flat_expands_the_quantum_section_with_its_noise() -> None:
+    flat = load_config(REPO_CONFIGS / "digits-vqc-noisy.yaml").flat()
+    assert flat["quantum.executor"] == "aer"
+    assert flat["quantum.noise.kind"] == "parametric"
+    assert flat["quantum.noise.p2"] == "0.01"
+    assert flat["model.kind"] == "vqc"
 
 
 @pytest.mark.parametrize(
@@ -223,7 +233,7 @@ BAD_FILES = [
         ["federation", "clients_per_round or sample_fraction"],
     ),
     ("fedprox_no_mu", "federation:\n  strategy: fedprox\n", ["federation", "prox_mu"]),
-    ("cnn_on_digits", "model:\n  family: cnn\n", ["model.family", "digits"]),
+    ("cnn_on_digits", "model:\n  kind: cnn\n", ["model.kind", "digits"]),
     ("mnist_no_root", "data:\n  dataset: mnist\n", ["data", "data.root"]),
     ("two_problems", "seed: -1\ntrain:\n  epochs: 0\n", ["seed", "train.epochs", "2 problem"]),
     ("malformed", "a: [1, 2\n", ["malformed YAML"]),
@@ -334,3 +344,33 @@ def test_malformed_yaml_message_points_at_line(tmp_path: Path) -> None:
         load_config(path)
     assert isinstance(info.value.__cause__, yaml.YAMLError)
     assert "line" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["model.kind=vqc"], ["needs a quantum section"]),
+        (
+            ["model.kind=vqc", "quantum.qubits=4"],
+            ["vqc encodes one feature per qubit", "digits gives 64 features"],
+        ),
+        (["model.kind=hybrid", "quantum.executor=ibm"], ["quantum.backend"]),
+        (["model.kind=hybrid", "quantum.noise.kind=parametric"], ["noiseless"]),
+        (["model.kind=hybrid", "quantum.qubits=0"], ["quantum.qubits"]),
+        (["quantum.executor=gpu"], ["quantum.executor"]),
+    ],
+)
+def test_quantum_config_errors_name_the_field(overrides, needles) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(QUICKSTART, overrides)
+    message = str(info.value)
+    assert str(QUICKSTART) in message
+    for needle in needles:
+        assert needle in message
+
+
+@pytest.mark.parametrize("name", ["digits-vqc.yaml", "digits-vqc-noisy.yaml", "digits-hybrid.yaml"])
+def test_shipped_quantum_configs_load(name) -> None:
+    config = load_config(REPO_CONFIGS / name)
+    assert config.quantum is not None
+    assert config.model.kind in ("vqc", "hybrid")

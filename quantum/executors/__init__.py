@@ -1,0 +1,1 @@
+"""Executors: who evaluates a variational circuit (see base.Executor)."""
