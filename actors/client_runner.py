@@ -11,6 +11,7 @@ from federated.data import FederatedData
 from federated.messages import ClientTask, ClientUpdate
 from federated.models import ModelConfig
 from federated.train import TrainConfig
+from ledger.keeper import SigningSpec
 
 
 @ray.remote(max_restarts=0)
@@ -25,9 +26,10 @@ class ClientRunnerActor:
         prox_mu: float,
         torch_threads: int,
         quantum=None,
+        signing: SigningSpec | None = None,
     ):
         torch.set_num_threads(torch_threads)
-        self._runner = ClientRunner(data, model, train, prox_mu, quantum)
+        self._runner = ClientRunner(data, model, train, prox_mu, quantum, signing)
 
     def train(self, weights: np.ndarray, task: ClientTask) -> ClientUpdate:
         return self._runner.run(task, weights)

@@ -21,6 +21,7 @@ from federated.data import FederatedData
 from federated.messages import ClientFailure, ClientTask, ClientUpdate
 from federated.models import ModelConfig
 from federated.train import TrainConfig
+from ledger.keeper import SigningSpec
 
 
 @dataclass
@@ -46,11 +47,12 @@ class ClientPool:
         prox_mu: float = 0.0,
         torch_threads: int = 1,
         quantum=None,
+        signing: SigningSpec | None = None,
     ):
         self._data_ref = data_ref  # keep the shared dataset alive as long as the runners
         options = ClientRunnerActor.options(num_cpus=num_cpus)
         self.actors = [
-            options.remote(data_ref, model, train, prox_mu, torch_threads, quantum)
+            options.remote(data_ref, model, train, prox_mu, torch_threads, quantum, signing)
             for _ in range(runners)
         ]
 

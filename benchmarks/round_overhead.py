@@ -1,8 +1,10 @@
 """F1: qfl's per-round time against a bare Ray map of the same local training.
 
 100 clients per round, a small MLP on digits, the same runner actors for both.
-qfl's round is the real one (`pipelines.run.run_round`: sampling, dispatch with
-deadline, aggregator actor, evaluation, MLflow metrics, rounds.jsonl,
+qfl's round is the real one (`pipelines.run.run_round`: a certified RoundOpen
+block whose beacon samples the clients, dispatch with deadline, ML-DSA-65
+signing of every update, the contract's checks, aggregator actor, evaluation,
+a certified block of updates and RoundClose, MLflow metrics, rounds.jsonl,
 checkpoint); the bare round submits the same `train` calls round-robin to the
 same actors, gathers them with one `ray.get` and applies FedAvg in the driver.
 Rounds alternate between the two so that both see the same machine state.
@@ -24,6 +26,7 @@ import ray
 
 from federated.aggregate import apply_update, fedavg
 from federated.data import build_federated_data
+from federated.sampling import round_rng, sample_clients
 from pipelines.config import load_config
 from pipelines.run import Federation, run_round
 from pipelines.tracking import Tracker
@@ -34,7 +37,9 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.ya
 def bare_round(federation: Federation, t: int) -> None:
     """The same training calls over the same actors, with nothing around them."""
     weights_ref = ray.put(federation.weights)
-    tasks = federation.tasks(t)
+    fed = federation.config.federation
+    clients = sample_clients(fed.clients, fed.per_round, round_rng(federation.config.seed, t))
+    tasks = federation.tasks(t, clients)
     actors = federation.pool.actors
     refs = [actors[i % len(actors)].train.remote(weights_ref, task) for i, task in enumerate(tasks)]
     updates = ray.get(refs)
@@ -64,7 +69,7 @@ def main() -> None:
     tracker = Tracker.start(f"sqlite:///{workdir / 'mlflow.db'}", "bench", "round_overhead", {})
     run_dir = workdir / "runs" / tracker.run_id
     run_dir.mkdir(parents=True)
-    federation = Federation(config, data)
+    federation = Federation(config, data, run_id=tracker.run_id, ledger_path=run_dir / "ledger.db")
     qfl_times, bare_times = [], []
     for t in range(args.warmup + args.rounds):
         start = time.perf_counter()

@@ -9,14 +9,17 @@ copies per runner; a client's local data is sliced only while it trains.
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from federated.data import FederatedData
 from federated.messages import ClientTask, ClientUpdate
-from federated.models import ModelConfig, build_model, reseed
-from federated.train import TrainConfig, local_train
+from federated.models import ModelConfig, build_model, has_quantum_layer, reseed
+from federated.train import LocalResult, TrainConfig, local_train
+from ledger.keeper import SigningSpec, sign_update, update_nonce
+from ledger.records import Update
 from qfl.errors import TrainingError
 
 
@@ -30,8 +33,10 @@ class ClientRunner:
         train: TrainConfig,
         prox_mu: float = 0.0,
         quantum=None,
+        signing: SigningSpec | None = None,
     ):
         self._data = data
+        self._signing = signing
         self._train = train
         self._prox_mu = prox_mu
         self._model = build_model(
@@ -51,6 +56,8 @@ class ClientRunner:
             seed=task.seed,
             prox_mu=self._prox_mu,
         )
+        start = time.perf_counter()
+        record = None if self._signing is None else self._sign(task, result)
         return ClientUpdate(
             client_id=task.client_id,
             round=task.round,
@@ -58,6 +65,23 @@ class ClientRunner:
             loss=result.loss,
             delta=result.delta,
             seconds=result.seconds,
+            record=record,
+            sign_seconds=time.perf_counter() - start if record is not None else 0.0,
+        )
+
+    def _sign(self, task: ClientTask, result: LocalResult) -> Update:
+        spec = self._signing
+        return sign_update(
+            run_id=spec.run_id,
+            master_secret=spec.master_secret,
+            client_id=task.client_id,
+            round_=task.round,
+            nonce=update_nonce(spec.master_secret, task.round, task.client_id),
+            delta=result.delta,
+            num_examples=result.num_samples,
+            path="quantum" if has_quantum_layer(self._model) else "classical",
+            metrics={"loss": result.loss},
+            backend=spec.backend,
         )
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger.records import Update
+
 
 class ClientTask(BaseModel):
     """Train client `client_id` in round `round` with the given seed."""
@@ -33,6 +35,8 @@ class ClientUpdate(BaseModel):
     loss: float
     delta: np.ndarray  # (P,) float32
     seconds: float = Field(ge=0.0)
+    record: Update | None = None  # the signed ledger record of this update
+    sign_seconds: float = Field(0.0, ge=0.0)
 
     @property
     def nbytes(self) -> int:

@@ -160,6 +160,11 @@ def build_model(
         return SmallCNN(input_shape[0], config.channels, num_classes, config.dropout)
 
 
+def has_quantum_layer(model: nn.Module) -> bool:
+    """True when `model` evaluates a variational circuit (hybrid, vqc)."""
+    return isinstance(model, HybridModel | VQCClassifier)
+
+
 def reseed(model: nn.Module, seed: int) -> None:
     """Restart the shot noise of every quantum layer in `model` from `seed`."""
     for module in model.modules():

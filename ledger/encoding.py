@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
+import struct
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -110,12 +112,26 @@ def metrics_to_micro(metrics: Mapping[str, float]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- encoding
+#
+# The encoder and decoder sit under every hash and every verification of the ledger, so
+# they have fast paths for the exact built-in types (`type(v) is int`, ...) and cache the
+# encodings of dict keys; any other value goes through the general `isinstance` chain.
+# The decoder checks canonicity while it parses (one pass, nothing re-encoded) and hands
+# any input it does not accept to the reference decoder, which is the one that raises.
+
+_pack_u32 = struct.Struct(">I").pack
+_unpack_u32 = struct.Struct(">I").unpack_from
+_entry_key = operator.itemgetter(0)
+_KEY_CACHE_MAX: Final = 4096
+_KEY_CACHE_MAX_LEN: Final = 64
+_str_keys: dict[str, bytes] = {}  # exact str dict key -> its encoding
+_int_keys: dict[int, bytes] = {}  # exact int dict key -> its encoding
 
 
 def _u32(n: int) -> bytes:
     if n > _U32_MAX:
         raise ValueError(f"length {n} does not fit the canonical encoding (u32)")
-    return n.to_bytes(4, "big")
+    return _pack_u32(n)
 
 
 def _int_bytes(n: int) -> bytes:
@@ -127,7 +143,22 @@ def _int_bytes(n: int) -> bytes:
 def _encode(value: Any, out: list[bytes], depth: int) -> None:
     if depth > MAX_DEPTH:
         raise ValueError(f"value nested deeper than {MAX_DEPTH} levels")
-    if value is None:
+    kind = type(value)  # fast paths for the exact built-in types, same bytes as below
+    if kind is bytes:
+        out += (b"y", _u32(len(value)), value)
+    elif kind is int:
+        raw = _int_bytes(value)
+        out += (b"i", _pack_u32(len(raw)), raw)
+    elif kind is str:
+        raw = value.encode("utf-8")
+        out += (b"s", _u32(len(raw)), raw)
+    elif kind is dict:
+        _encode_dict(value, out, depth)
+    elif kind is tuple or kind is list:
+        out += (b"l", _u32(len(value)))
+        for item in value:
+            _encode(item, out, depth + 1)
+    elif value is None:
         out.append(b"N")
     elif isinstance(value, bool):
         out.append(b"b\x01" if value else b"b\x00")
@@ -157,19 +188,46 @@ def _encode(value: Any, out: list[bytes], depth: int) -> None:
         raise TypeError(f"{type(value).__name__} has no canonical encoding")
 
 
+def _key_bytes(key: Any) -> tuple[bytes, bool]:
+    """(encoding of dict key `key`, whether it is an exact str or int)."""
+    kind = type(key)
+    if kind is str:
+        encoded = _str_keys.get(key)
+        if encoded is None:
+            raw = key.encode("utf-8")
+            encoded = b"s" + _u32(len(raw)) + raw
+            if len(raw) <= _KEY_CACHE_MAX_LEN and len(_str_keys) < _KEY_CACHE_MAX:
+                _str_keys[key] = encoded
+        return encoded, True
+    if kind is int:
+        encoded = _int_keys.get(key)
+        if encoded is None:
+            raw = _int_bytes(key)
+            encoded = b"i" + _pack_u32(len(raw)) + raw
+            if len(_int_keys) < _KEY_CACHE_MAX:
+                _int_keys[key] = encoded
+        return encoded, True
+    if isinstance(key, bool) or not isinstance(key, str | int):
+        raise TypeError(f"a canonical dict key is a str or int, got {type(key).__name__}")
+    return encode_value(key), False
+
+
 def _encode_dict(value: Mapping[Any, Any], out: list[bytes], depth: int) -> None:
     entries = []
+    exact = True
     for key, item in value.items():
-        if isinstance(key, bool) or not isinstance(key, str | int):
-            raise TypeError(f"a canonical dict key is a str or int, got {type(key).__name__}")
-        entries.append((encode_value(key), item))
-    entries.sort(key=lambda entry: entry[0])
-    if any(a[0] == b[0] for a, b in zip(entries, entries[1:], strict=False)):
+        key_bytes, exact_key = _key_bytes(key)
+        exact = exact and exact_key
+        entries.append((key_bytes, item))
+    entries.sort(key=_entry_key)
+    # distinct exact str / int keys always encode distinctly; subclasses might not
+    if not exact and any(a[0] == b[0] for a, b in zip(entries, entries[1:], strict=False)):
         raise ValueError("dict has duplicate keys once encoded")
     out += (b"d", _u32(len(entries)))
+    depth += 1
     for key_bytes, item in entries:
         out.append(key_bytes)
-        _encode(item, out, depth + 1)
+        _encode(item, out, depth)
 
 
 def encode_value(value: Any) -> bytes:
@@ -238,16 +296,209 @@ def _decode(reader: _Reader, depth: int) -> Any:
     raise LedgerIntegrityError(f"unknown type tag {tag!r} in canonical encoding")
 
 
+def _decode_reference(data: bytes) -> Any:
+    """Parse, then re-encode and compare: the definition of `decode_value`, and its errors."""
+    reader = _Reader(data)
+    value = _decode(reader, 0)
+    if reader.pos != len(reader.data):
+        raise LedgerIntegrityError("trailing bytes after canonical encoding")
+    if encode_value(value) != reader.data:
+        raise LedgerIntegrityError("encoding is not canonical")
+    return value
+
+
+class _NotFast(Exception):
+    """The fast decoder does not accept the input: the reference decoder decides."""
+
+
+# Tags as the byte values that indexing a bytes object returns.
+_N, _B, _I, _S, _Y, _L, _D = b"Nbisyld"
+
+
+def _int_canonical_len(value: int) -> int:
+    return 0 if value == 0 else (value + (value < 0)).bit_length() // 8 + 1
+
+
+def _decode_fast(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    """(value, end) of the canonical encoding at `pos`; `_NotFast` (or any error) if not.
+
+    Accepts exactly what `_decode_reference` accepts: every length is in range, ints are
+    minimal, strings strict UTF-8 (which re-encodes to the same bytes), bools 0 or 1, and
+    each dict key's bytes (themselves canonical) are strictly greater than the previous
+    key's, which is the encoder's sort order with no duplicates. Refusing more than that
+    is harmless (the reference decides), accepting more never is.
+    """
+    if depth > MAX_DEPTH:
+        raise _NotFast
+    tag = data[pos]
+    if tag == _Y:
+        end = pos + 5 + _unpack_u32(data, pos + 1)[0]
+        if end > len(data):
+            raise _NotFast
+        return data[pos + 5 : end], end
+    if tag == _I:
+        end = pos + 5 + _unpack_u32(data, pos + 1)[0]
+        if end > len(data):
+            raise _NotFast
+        value = int.from_bytes(data[pos + 5 : end], "big", signed=True)
+        if end - pos - 5 != _int_canonical_len(value):
+            raise _NotFast
+        return value, end
+    if tag == _S:
+        end = pos + 5 + _unpack_u32(data, pos + 1)[0]
+        if end > len(data):
+            raise _NotFast
+        return data[pos + 5 : end].decode("utf-8"), end
+    if tag == _D:
+        return _decode_dict_fast(data, pos, depth, None)
+    if tag == _L:
+        count = _unpack_u32(data, pos + 1)[0]
+        pos += 5
+        items = []
+        depth += 1
+        for _ in range(count):
+            item, pos = _decode_fast(data, pos, depth)
+            items.append(item)
+        return tuple(items), pos
+    if tag == _N:
+        return None, pos + 1
+    if tag == _B:
+        flag = data[pos + 1]
+        if flag > 1:
+            raise _NotFast
+        return flag == 1, pos + 2
+    raise _NotFast
+
+
+def _decode_dict_fast(
+    data: bytes, pos: int, depth: int, marks: list[int] | None
+) -> tuple[dict[Any, Any], int]:
+    """`_decode_fast` of the dict at `pos`; appends each entry's start to `marks` if given.
+
+    Str keys and bytes / int / str values are parsed inline (the common case).
+    """
+    if data[pos] != _D:
+        raise _NotFast
+    count = _unpack_u32(data, pos + 1)[0]
+    pos += 5
+    size = len(data)
+    result: dict[Any, Any] = {}
+    previous = b""  # every key encoding is non-empty, so the first key is greater
+    depth += 1
+    if count and depth > MAX_DEPTH:
+        raise _NotFast
+    for _ in range(count):
+        if marks is not None:
+            marks.append(pos)
+        start = pos
+        if data[pos] == _S:
+            pos += 5 + _unpack_u32(data, pos + 1)[0]
+            if pos > size:
+                raise _NotFast
+            key: Any = data[start + 5 : pos].decode("utf-8")
+        else:
+            key, pos = _decode_fast(data, pos, depth)
+            if type(key) is not int:
+                raise _NotFast
+        encoded_key = data[start:pos]
+        if encoded_key <= previous:
+            raise _NotFast
+        previous = encoded_key
+        tag = data[pos]
+        if tag == _Y:
+            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
+            if end > size:
+                raise _NotFast
+            result[key] = data[pos + 5 : end]
+        elif tag == _I:
+            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
+            if end > size:
+                raise _NotFast
+            value = int.from_bytes(data[pos + 5 : end], "big", signed=True)
+            if end - pos - 5 != _int_canonical_len(value):
+                raise _NotFast
+            result[key] = value
+        elif tag == _S:
+            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
+            if end > size:
+                raise _NotFast
+            result[key] = data[pos + 5 : end].decode("utf-8")
+        else:
+            result[key], end = _decode_fast(data, pos, depth)
+        pos = end
+    if marks is not None:
+        marks.append(pos)
+    return result, pos
+
+
+def decode_with_entries(data: bytes) -> tuple[Any, list[int] | None]:
+    """`decode_value(data)`, and where each entry starts when the value is a dict.
+
+    Returns (value, offsets): for a dict, entry k of the encoding (key then value, in the
+    canonical key order) is ``data[offsets[k]:offsets[k + 1]]`` and the last offset is
+    ``len(data)``; offsets is None for any other value. Raises as `decode_value` does.
+    """
+    data = bytes(data)
+    marks: list[int] = []
+    try:
+        value, end = _decode_dict_fast(data, 0, 0, marks)
+    except Exception:
+        end = -1
+    if end == len(data):
+        return value, marks
+    value = _decode_reference(data)  # raises, or a non-dict, or (never) a refused dict
+    if not isinstance(value, dict):
+        return value, None
+    marks = [5]
+    for key_bytes, item in sorted(
+        ((_key_bytes(k)[0], v) for k, v in value.items()), key=_entry_key
+    ):
+        marks.append(marks[-1] + len(key_bytes) + len(encode_value(item)))
+    return value, marks
+
+
+def same_encoding(value: Any, decoded: Any) -> bool:
+    """Whether ``encode_value(value) == encode_value(decoded)``, for `decoded` from `decode_value`.
+
+    Compares structurally (no bytes built) where both sides have the same exact built-in
+    types; anything else is settled by encoding both. Raises what `encode_value(value)`
+    raises for a value without an encoding.
+    """
+    if value is decoded:
+        return True
+    kind = type(decoded)
+    if type(value) is not kind:
+        return encode_value(value) == encode_value(decoded)
+    if kind is dict:
+        if len(value) != len(decoded):
+            return False
+        for key, item in value.items():
+            key_type = type(key)  # decoded keys are exact str / int, so `in` is exact too
+            if key_type is not str and key_type is not int:
+                return encode_value(value) == encode_value(decoded)
+            other = decoded.get(key, _MISSING)
+            if other is _MISSING or not same_encoding(item, other):
+                return False
+        return True
+    if kind is tuple:
+        return len(value) == len(decoded) and all(map(same_encoding, value, decoded))
+    return value == decoded  # one exact type of None, bool, int, str, bytes: == is exact
+
+
+_MISSING: Final = object()
+
+
 def decode_value(data: bytes) -> Any:
     """Invert `encode_value`; raise `LedgerIntegrityError` on any non-canonical input.
 
     Lists decode as tuples. Input that parses but is not the canonical encoding of what it
     parses to (unsorted or repeated dict keys, a non-minimal int, trailing bytes) raises.
     """
-    reader = _Reader(bytes(data))
-    value = _decode(reader, 0)
-    if reader.pos != len(reader.data):
-        raise LedgerIntegrityError("trailing bytes after canonical encoding")
-    if encode_value(value) != reader.data:
-        raise LedgerIntegrityError("encoding is not canonical")
+    data = bytes(data)
+    try:
+        value, end = _decode_fast(data, 0, 0)
+    except Exception:  # anything the fast path does not accept: the reference raises
+        return _decode_reference(data)
+    if end != len(data):
+        return _decode_reference(data)
     return value

@@ -35,8 +35,10 @@ from ledger.encoding import (
     HASH_BYTES,
     LedgerIntegrityError,
     decode_value,
+    decode_with_entries,
     domain_digest,
     encode_value,
+    same_encoding,
 )
 from ledger.merkle import merkle_root
 
@@ -214,6 +216,24 @@ TX_KINDS: Final = tuple(t.model_fields["kind"].default for t in TX_TYPES)
 _TX_ADAPTER: Final = TypeAdapter(Transaction)
 
 
+def _is_plain(model_type: type[BaseModel]) -> bool:
+    """Whether `model_dump(mode="python")` of `model_type` is its field values, as stored."""
+    decorators = model_type.__pydantic_decorators__
+    return not (
+        decorators.field_serializers or decorators.model_serializers or decorators.computed_fields
+    ) and not any(info.exclude for info in model_type.model_fields.values())
+
+
+_PLAIN_UPDATES: Final = frozenset(t for t in (Update, UnsignedUpdate) if _is_plain(t))
+
+
+def _field_values(model: BaseModel) -> dict[str, object]:
+    """What `model_dump(mode="python")` gives for a validated record, without copying."""
+    if type(model) in _PLAIN_RECORDS:
+        return model.__dict__
+    return model.model_dump(mode="python")
+
+
 def encode_tx(tx: Transaction) -> bytes:
     """The canonical bytes of a transaction (the Merkle leaf and the store's body)."""
     if not isinstance(tx, TX_TYPES):
@@ -223,21 +243,32 @@ def encode_tx(tx: Transaction) -> bytes:
 
 def decode_tx(data: bytes) -> Transaction:
     """Invert `encode_tx`; raise `LedgerIntegrityError` unless `data` is canonical."""
-    value = decode_value(data)
-    if not isinstance(value, dict):
+    return _decode_tx(data)[0]
+
+
+def _decode_tx(data: bytes) -> tuple[Transaction, list[int]]:
+    """`decode_tx`, and the offsets of the encoding's entries (`decode_with_entries`)."""
+    value, entries = decode_with_entries(data)
+    if entries is None:
         raise LedgerIntegrityError("a transaction encodes a dict of fields")
     try:
         tx = _TX_ADAPTER.validate_python(value)
     except ValidationError as exc:
         raise LedgerIntegrityError(f"not a valid transaction: {_first_error(exc)}") from exc
-    if encode_tx(tx) != bytes(data):
+    # encode_tx(tx) == data, checked without encoding: data is the canonical encoding of
+    # `value`, so it is tx's exactly when tx's fields encode as `value` does
+    if not same_encoding(_field_values(tx), value):
         raise LedgerIntegrityError("transaction bytes are not its canonical encoding")
-    return tx
+    return tx, entries
 
 
 def tx_hash(tx: Transaction) -> bytes:
     """The transaction's id: a domain-separated hash of its canonical bytes."""
     return domain_digest(DOMAIN_TX, encode_tx(tx))
+
+
+_UPDATE_SIGNED_FIELDS: Final = tuple(UnsignedUpdate.model_fields)
+_UPDATE_UNSIGNED_ONLY: Final = frozenset(Update.model_fields) - frozenset(_UPDATE_SIGNED_FIELDS)
 
 
 def update_signing_payload(update: UnsignedUpdate | Update, run_id: str) -> bytes:
@@ -249,8 +280,41 @@ def update_signing_payload(update: UnsignedUpdate | Update, run_id: str) -> byte
     """
     if not isinstance(run_id, str) or not run_id:
         raise ValueError("run_id must be a non-empty string")
-    fields = update.model_dump(exclude={"kind", "signature"})
+    values = update.__dict__
+    if type(update) in _PLAIN_UPDATES and all(name in values for name in _UPDATE_SIGNED_FIELDS):
+        fields = {name: values[name] for name in _UPDATE_SIGNED_FIELDS}
+    else:
+        fields = update.model_dump(exclude={"kind", "signature"})
     body = encode_value({"run_id": run_id, "update": fields})
+    return domain_digest(DOMAIN_UPDATE_SIGNING, body)
+
+
+_RUN_ID_KEY: Final = encode_value("run_id")
+_UPDATE_KEY: Final = encode_value("update")
+_UNSIGNED_KEYS: Final = tuple(encode_value(name) for name in sorted(_UPDATE_UNSIGNED_ONLY))
+
+
+def _update_signing_payload_from_encoding(data: bytes, entries: list[int], run_id: str) -> bytes:
+    """`update_signing_payload(decode_tx(data), run_id)`, from the update's canonical bytes.
+
+    `entries` are the offsets `_decode_tx` returned for `data`. The signed fields encode as
+    the update's own entries without its ``kind`` and ``signature`` ones (a dict encodes
+    its entries in key order, which dropping entries keeps), so they are sliced out of
+    `data` rather than encoded again.
+    """
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError("run_id must be a non-empty string")
+    kept = [
+        data[start:end]
+        for start, end in zip(entries, entries[1:], strict=False)
+        if not data.startswith(_UNSIGNED_KEYS, start)
+    ]
+    if len(kept) != len(entries) - 1 - len(_UNSIGNED_KEYS):  # pragma: no cover - not an Update
+        raise LedgerIntegrityError("not the canonical encoding of an update")
+    body = b"".join(
+        (b"d\x00\x00\x00\x02", _RUN_ID_KEY, encode_value(run_id), _UPDATE_KEY, b"d")
+        + (len(kept).to_bytes(4, "big"), *kept)
+    )
     return domain_digest(DOMAIN_UPDATE_SIGNING, body)
 
 
@@ -282,6 +346,9 @@ class BlockHeader(_Record):
         return self
 
 
+_PLAIN_RECORDS: Final = frozenset(t for t in (*TX_TYPES, BlockHeader) if _is_plain(t))
+
+
 def encode_header(header: BlockHeader) -> bytes:
     """The canonical bytes of a block header (what `block_hash` hashes)."""
     return encode_value(header)
@@ -294,7 +361,7 @@ def decode_header(data: bytes) -> BlockHeader:
         header = BlockHeader.model_validate(value)
     except ValidationError as exc:
         raise LedgerIntegrityError(f"not a valid block header: {_first_error(exc)}") from exc
-    if encode_header(header) != bytes(data):
+    if not same_encoding(_field_values(header), value):  # encode_header(header) == data
         raise LedgerIntegrityError("header bytes are not its canonical encoding")
     return header
 

@@ -40,7 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray address: 'auto' or ray://host:port (default: local)")
     validate = commands.add_parser("validate", help="check a config and print it resolved")
     _config_args(validate)
+    _ledger_parser(commands)
     return parser
+
+
+def _ledger_parser(commands) -> None:
+    ledger = commands.add_parser("ledger", help="verify, show or export a run's ledger")
+    actions = ledger.add_subparsers(dest="action", required=True)
+    verify = actions.add_parser("verify", help="re-check every hash, signature and quorum")
+    verify.add_argument("path", help="a ledger.db (runs/<run_id>/ledger.db)")
+    verify.add_argument("--head", help="expected head block hash (hex), e.g. the MLflow tag")
+    verify.add_argument("--backend", default="auto", choices=["auto", "liboqs", "cryptography"])
+    show = actions.add_parser("show", help="list blocks, or one block's transactions")
+    show.add_argument("path")
+    show.add_argument("--height", type=int, help="show this block in full")
+    export = actions.add_parser("export", help="every transaction as JSON lines")
+    export.add_argument("path")
+    export.add_argument("--jsonl", action="store_true", required=True, help="JSON lines output")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=False)
     errors = Console(stderr=True)
     try:
+        if args.command == "ledger":
+            from pipelines.ledger_cli import run_ledger_command
+
+            return run_ledger_command(args, console, errors)
         config = load_config(args.config, args.overrides)
         if args.command == "validate":
             sys.stdout.write(dump_config(config))
@@ -117,6 +137,8 @@ def _summary_table(summary) -> Table:
         ("artifacts", summary.artifact_uri),
         ("run folder", str(summary.run_dir)),
     ]
+    if summary.ledger_path is not None:
+        rows += [("ledger", str(summary.ledger_path)), ("ledger head", summary.ledger_head)]
     for key, value in rows:
         table.add_row(key, value)
     return table

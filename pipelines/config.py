@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from federated.data import DATASETS, PARTITIONS
 from federated.models import ModelConfig
 from federated.train import TrainConfig
+from ledger.keeper import LedgerConfig
 from qfl.errors import ConfigError
 from quantum.layer import QuantumConfig
 
@@ -124,6 +125,7 @@ class ExperimentConfig(_Section):
     train: TrainConfig = TrainConfig()
     federation: FederationConfig = FederationConfig()
     quantum: QuantumConfig | None = None
+    ledger: LedgerConfig = LedgerConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()

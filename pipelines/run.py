@@ -20,12 +20,15 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from actors.aggregator import AggregatorActor
+from actors.ledger_keeper import LedgerKeeperActor
 from actors.pool import ClientPool, RoundResult
 from federated.data import FederatedData, build_federated_data
 from federated.messages import ClientTask
 from federated.models import build_model, get_flat, set_flat, weights_hash
 from federated.sampling import client_seed, round_rng, sample_clients
 from federated.train import evaluate
+from ledger.keeper import SigningSpec
+from ledger.keys import master_secret_from_run_seed
 from pipelines.checkpoint import Checkpoint, append_round, save_checkpoint
 from pipelines.config import ExperimentConfig, RayConfig, dump_config
 from pipelines.plots import convergence_plot
@@ -47,9 +50,19 @@ class RoundRecord(BaseModel):
     bytes_down: int
     bytes_up: int
     seconds: float
+    accepted: int = 0
+    rejected: int = 0
+    ledger_height: int = -1  # -1: no ledger
+    sign_seconds: float = 0.0  # summed over the round's clients
+    verify_seconds: float = 0.0  # the contract's checks of the round's updates
 
     def metrics(self) -> dict[str, float]:
         return {
+            "accepted_updates": self.accepted,
+            "rejected_updates": self.rejected,
+            "ledger_height": self.ledger_height,
+            "sign_seconds": self.sign_seconds,
+            "verify_seconds": self.verify_seconds,
             "test_accuracy": self.test_accuracy,
             "test_loss": self.test_loss,
             "mean_client_loss": self.mean_client_loss,
@@ -59,6 +72,15 @@ class RoundRecord(BaseModel):
             "bytes_up": self.bytes_up,
             "round_seconds": self.seconds,
         }
+
+
+class LedgerRound(BaseModel):
+    """The ledger's share of a round."""
+
+    accepted: int = 0
+    rejected: int = 0
+    sign_seconds: float = 0.0
+    verify_seconds: float = 0.0
 
 
 class RunSummary(BaseModel):
@@ -76,6 +98,8 @@ class RunSummary(BaseModel):
     final_loss: float
     wall_seconds: float
     weights_hash: str
+    ledger_path: Path | None = None
+    ledger_head: str | None = None  # hex SHA3-256 of the head block; anchor for verify --head
 
 
 class RunObserver:
@@ -157,9 +181,16 @@ def run_experiment(
 
 
 class Federation:
-    """The wired parts of a run (data, model, client pool, aggregator) and one round step."""
+    """The wired parts of a run (data, model, pool, aggregator, ledger) and one round step."""
 
-    def __init__(self, config: ExperimentConfig, data: FederatedData):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        data: FederatedData,
+        *,
+        run_id: str = "",
+        ledger_path: Path | None = None,
+    ):
         fed = config.federation
         self.config = config
         self.data = data
@@ -171,11 +202,15 @@ class Federation:
             quantum=config.quantum,
         )
         self.weights = get_flat(self.model)
+        self.keeper, signing = None, None
+        if config.ledger.enabled and ledger_path is not None:
+            self.keeper, signing = self._start_ledger(run_id, ledger_path)
         self.pool = ClientPool.from_data(
             data,
             config.model,
             config.train,
             quantum=config.quantum,
+            signing=signing,
             runners=config.ray.runners,
             num_cpus=config.ray.runner_num_cpus,
             prox_mu=fed.prox_mu if fed.strategy == "fedprox" else 0.0,
@@ -184,25 +219,69 @@ class Federation:
         self.aggregator = AggregatorActor.remote(fed.strategy, fed.server_lr)
         self.pool.wait_ready(timeout_s=config.ray.round_timeout_s)
 
-    def tasks(self, t: int) -> list[ClientTask]:
-        """Round t's sampled clients, each with its derived local seed."""
-        fed, seed = self.config.federation, self.config.seed
-        clients = sample_clients(fed.clients, fed.per_round, round_rng(seed, t))
+    def _start_ledger(self, run_id: str, path: Path):
+        """Write genesis (keys from the run seed) and return the keeper and the signing spec."""
+        master = master_secret_from_run_seed(self.config.seed)
+        keeper = LedgerKeeperActor.remote(
+            path,
+            run_id=run_id,
+            master_secret=master,
+            n_clients=self.config.federation.clients,
+            num_params=self.weights.size,
+            config_bytes=dump_config(self.config).encode(),
+            config=self.config.ledger,
+            seed=self.config.seed,
+        )
+        backend = ray.get(keeper.backend.remote())
+        return keeper, SigningSpec(run_id=run_id, master_secret=master, backend=backend)
+
+    def sample(self, t: int) -> list[int]:
+        """Round t's clients: from the ledger's beacon when there is a ledger, else the seed."""
+        fed = self.config.federation
+        if self.keeper is not None:
+            plan = ray.get(self.keeper.open_round.remote(t, fed.clients, fed.per_round))
+            return list(plan.sampled)
+        return sample_clients(fed.clients, fed.per_round, round_rng(self.config.seed, t))
+
+    def tasks(self, t: int, clients: list[int]) -> list[ClientTask]:
+        """Each client of round t with its derived local seed."""
+        seed = self.config.seed
         return [ClientTask(client_id=k, round=t, seed=client_seed(seed, t, k)) for k in clients]
 
     def step(self, t: int) -> tuple[RoundRecord, RoundResult]:
-        """Run round t (0-based): dispatch, aggregate, evaluate; updates `self.weights`."""
+        """Run round t (0-based): sample, dispatch, validate, aggregate, evaluate, record."""
         round_start = time.perf_counter()
-        tasks = self.tasks(t)
+        tasks = self.tasks(t, self.sample(t))
         weights_ref = ray.put(self.weights)
         sizes = [len(self.data.client_indices[task.client_id]) for task in tasks]
         result = self.pool.run_round(weights_ref, tasks, self.config.ray.round_timeout_s, sizes)
-        if result.refs:
-            self.weights = ray.get(self.aggregator.aggregate.remote(weights_ref, *result.refs))
+        ledger = LedgerRound()
+        refs = result.refs
+        if self.keeper is not None and refs:
+            accepted, rejections, ledger.verify_seconds = ray.get(self.keeper.admit.remote(*refs))
+            keep = set(accepted)
+            refs = [r for r, u in zip(refs, result.updates, strict=True) if u.client_id in keep]
+            ledger.rejected = len(rejections)
+        if refs:
+            self.weights = ray.get(self.aggregator.aggregate.remote(weights_ref, *refs))
+        ledger.accepted = len(refs)
+        ledger.sign_seconds = sum(u.sign_seconds for u in result.updates)
         record = _record(
-            t + 1, self.model, self.weights, self.data, result, len(tasks), round_start
+            t + 1, self.model, self.weights, self.data, result, len(tasks), round_start, ledger
         )
+        if self.keeper is not None:
+            metrics = {"test_accuracy": record.test_accuracy, "test_loss": record.test_loss}
+            height = ray.get(self.keeper.close_round.remote(t, self.weights, metrics))
+            record = record.model_copy(update={"ledger_height": height})
         return record, result
+
+    def close_ledger(self) -> tuple[int, bytes] | None:
+        """Close the ledger file; returns its head (height, hash)."""
+        if self.keeper is None:
+            return None
+        head = ray.get(self.keeper.head.remote())
+        ray.get(self.keeper.close.remote())
+        return head
 
 
 def _round_loop(
@@ -213,7 +292,8 @@ def _round_loop(
     observer: RunObserver,
 ) -> RunSummary:
     start = time.perf_counter()
-    federation = Federation(config, data)
+    ledger_path = run_dir / "ledger.db"
+    federation = Federation(config, data, run_id=tracker.run_id, ledger_path=ledger_path)
     save_checkpoint(run_dir, Checkpoint(round=0, weights=federation.weights))
     history: list[RoundRecord] = []
     for t in range(config.federation.rounds):
@@ -221,7 +301,12 @@ def _round_loop(
         history.append(record)
         observer.on_round(record)
     wall = time.perf_counter() - start
+    head = federation.close_ledger()
     digest = _finish(config, tracker, run_dir, federation.model, federation.weights, history)
+    head_hex = None if head is None else head[1].hex()
+    if head is not None:
+        tracker.set_tags({"ledger_head": head_hex, "ledger_height": str(head[0])})
+        tracker.log_artifact(ledger_path)
     final = history[-1]
     return RunSummary(
         run_id=tracker.run_id,
@@ -234,6 +319,8 @@ def _round_loop(
         final_loss=final.test_loss,
         wall_seconds=wall,
         weights_hash=digest,
+        ledger_path=ledger_path if head is not None else None,
+        ledger_head=head_hex,
     )
 
 
@@ -255,6 +342,7 @@ def _record(
     result: RoundResult,
     sampled: int,
     round_start: float,
+    ledger: LedgerRound,
 ) -> RoundRecord:
     set_flat(model, weights)
     evaluation = evaluate(model, data.test)
@@ -269,6 +357,7 @@ def _record(
         bytes_down=weights.nbytes * sampled,
         bytes_up=sum(u.nbytes for u in result.updates),
         seconds=time.perf_counter() - round_start,
+        **ledger.model_dump(),
     )
 
 

@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from qfl.errors import QuantumError
+
+if TYPE_CHECKING:
+    from quantum.fastpath import FastCircuit
 
 Method = Literal["adjoint", "autograd"]
 Pair = tuple[Tensor, Tensor]
@@ -437,14 +440,17 @@ class CompiledCircuit:
         """Every gate real (and no global phase): the state can stay real."""
         return self.global_phase == 0.0 and all(op.name in _REAL for op in self.ops)
 
-    def _half_angles(self, values: Tensor) -> Pair:
-        """cos and sin of half of every angle: (P + n_bound, B, 1, 1) each."""
+    def _check_values(self, values: Tensor) -> None:
         if values.dim() != 2 or values.shape[1] != self.num_parameters:
             raise QuantumError(
                 f"values of shape {tuple(values.shape)}: expected (B, {self.num_parameters})"
             )
         if values.is_complex() or not values.is_floating_point():
             raise QuantumError(f"values must be real floating point, got {values.dtype}")
+
+    def _half_angles(self, values: Tensor) -> Pair:
+        """cos and sin of half of every angle: (P + n_bound, B, 1, 1) each."""
+        self._check_values(values)
         fixed = values.new_tensor(self.bound).expand(values.shape[0], -1)
         half = torch.cat((values, fixed), dim=1).t()[:, :, None, None] / 2  # (P + n_bound, B, 1, 1)
         # exp(i half) in one op: torch runs cos and sin multi-threaded even on tiny
@@ -534,14 +540,44 @@ class CompiledCircuit:
         method: Method = "adjoint",
         *,
         real: bool | None = None,
+        fast: bool | None = None,
     ) -> Tensor:
-        """<O_k> per sample, (B, P) -> (B, n_obs), differentiable w.r.t. values."""
+        """<O_k> per sample, (B, P) -> (B, n_obs), differentiable w.r.t. values.
+
+        method "adjoint" takes the NumPy fast path (one autograd node, see `fast`) for
+        small real circuits on the CPU, unless fast=False or real=False; fast=True
+        requires it.
+        """
         terms = tuple(pauli_terms(op, self.num_qubits) for op in observables)
         if method == "autograd":
             return expectation(self.run(values, real=real), terms)
-        if method == "adjoint":
-            return _AdjointExpectation.apply(values, self, terms, real)
-        raise QuantumError(f"unknown gradient method {method!r} (adjoint or autograd)")
+        if method != "adjoint":
+            raise QuantumError(f"unknown gradient method {method!r} (adjoint or autograd)")
+        if fast is not False and real is not False and self.fast_path_for(values) is not None:
+            self._check_values(values)
+            return self.fast.expectations(values, terms)
+        if fast:
+            raise QuantumError(
+                "no fast path here: it needs a real circuit of at most "
+                f"{_fast_max_qubits()} qubits and CPU float32/float64 values"
+            )
+        return _AdjointExpectation.apply(values, self, terms, real)
+
+    @property
+    def fast(self) -> FastCircuit | None:
+        """The NumPy fast path (quantum/fastpath.py) of a small real circuit, else None."""
+        if "fast" not in self._tables:
+            from quantum.fastpath import FAST_MAX_QUBITS, FastCircuit
+
+            small = self.num_qubits <= FAST_MAX_QUBITS
+            self._tables["fast"] = FastCircuit(self) if self.is_real and small else None
+        return self._tables["fast"]
+
+    def fast_path_for(self, values: Tensor) -> FastCircuit | None:
+        """The fast path if `expectations(values, ..., "adjoint")` takes it: CPU values."""
+        if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
+            return None
+        return self.fast
 
     def adjoint_gradient(self, values: Tensor, state: Tensor, lam: Tensor) -> Tensor:
         """dE/dvalues (B, P) from the final state and lam = dE/dstate (both (B, 2**n)).
@@ -584,6 +620,12 @@ class CompiledCircuit:
             prod.addcmul_(lam[i].conj(), psi[j], value=g)
         total = prod.view(B, -1).sum(1)
         return total.real if total.is_complex() else total
+
+
+def _fast_max_qubits() -> int:
+    from quantum.fastpath import FAST_MAX_QUBITS
+
+    return FAST_MAX_QUBITS
 
 
 class _AdjointExpectation(torch.autograd.Function):

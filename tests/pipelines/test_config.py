@@ -159,7 +159,7 @@ def test_flat_gives_dotted_string_values() -> None:
     assert flat["name"] == "quickstart"
     assert all(isinstance(v, str) for v in flat.values())
     # exactly the leaves: one key per field of every section, no section keys
-    sections = ("data", "model", "train", "federation", "ray", "tracking", "output")
+    sections = ("data", "model", "train", "federation", "ray", "tracking", "output", "ledger")
     assert not set(sections) & set(flat)
     c = ExperimentConfig()
     expected = {"name", "seed", "quantum"} | {

@@ -1,0 +1,103 @@
+"""Every qfl run writes a signed, certified ledger; `qfl ledger verify` finds tampering."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+from conftest import QUICKSTART
+from mlflow.tracking import MlflowClient
+
+from pipelines.cli import main
+from pipelines.config import load_config
+from pipelines.run import run_experiment
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ledger-run")
+    config = load_config(
+        QUICKSTART,
+        ["federation.rounds=3", "federation.clients_per_round=6", f"output.runs_dir={tmp}/runs"],
+    )
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    return run_experiment(config, tracking_uri=uri), uri, tmp
+
+
+def test_run_records_ledger_metrics_tags_and_artifact(finished_run):
+    summary, uri, _ = finished_run
+    client = MlflowClient(uri)
+    run = client.get_run(summary.run_id)
+    assert run.data.tags["ledger_head"] == summary.ledger_head
+    assert run.data.tags["ledger_height"] == "6"  # genesis + 3 rounds x (open, close)
+    accepted = client.get_metric_history(summary.run_id, "accepted_updates")
+    assert sorted(m.value for m in accepted) == [6.0, 6.0, 6.0]
+    rejected = client.get_metric_history(summary.run_id, "rejected_updates")
+    assert [m.value for m in rejected] == [0.0, 0.0, 0.0]
+    assert all(m.value > 0 for m in client.get_metric_history(summary.run_id, "sign_seconds"))
+    assert "ledger.db" in {a.path for a in client.list_artifacts(summary.run_id)}
+
+
+def test_cli_verifies_the_ledger_against_its_head(finished_run, capsys):
+    summary, _, _ = finished_run
+    assert main(["ledger", "verify", str(summary.ledger_path), "--head", summary.ledger_head]) == 0
+    out = capsys.readouterr().out
+    assert "ledger OK: 7 blocks" in out
+    assert summary.ledger_head in out
+
+
+def _copy(summary, tmp, name):
+    target = tmp / name
+    shutil.copy(summary.ledger_path, target)
+    return target
+
+
+def _rewrite(path, sql, params=()):
+    with sqlite3.connect(path) as db:
+        for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'"):
+            db.execute(f"DROP TRIGGER {trigger}")
+        db.execute(sql, params)
+
+
+def test_a_flipped_signature_byte_is_found_and_named(finished_run, capsys):
+    summary, _, tmp = finished_run
+    path = _copy(summary, tmp, "flipped.db")
+    with sqlite3.connect(path) as db:
+        body = db.execute("SELECT body FROM transactions WHERE height=2 AND idx=1").fetchone()[0]
+    flipped = bytearray(body)
+    flipped[-5] ^= 0x01  # inside the update's signature (the last field)
+    _rewrite(path, "UPDATE transactions SET body=? WHERE height=2 AND idx=1", (bytes(flipped),))
+    assert main(["ledger", "verify", str(path)]) == 1
+    assert "block 2" in capsys.readouterr().err
+
+
+def test_truncation_passes_alone_but_fails_against_the_recorded_head(finished_run, capsys):
+    summary, _, tmp = finished_run
+    path = _copy(summary, tmp, "truncated.db")
+    _rewrite(path, "DELETE FROM transactions WHERE height=6")
+    _rewrite(path, "DELETE FROM blocks WHERE height=6")
+    assert main(["ledger", "verify", str(path)]) == 0  # a valid, shorter chain
+    assert main(["ledger", "verify", str(path), "--head", summary.ledger_head]) == 1
+    assert "head" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_ledger_is_an_error(finished_run, capsys):
+    _, _, tmp = finished_run
+    junk = tmp / "junk.db"
+    junk.write_bytes(b"not a database" * 100)
+    assert main(["ledger", "verify", str(junk)]) == 1
+    assert "INVALID" in capsys.readouterr().err
+
+
+def test_show_and_export(finished_run, capsys):
+    summary, _, _ = finished_run
+    assert main(["ledger", "show", str(summary.ledger_path)]) == 0
+    table = capsys.readouterr().out
+    assert "genesis" in table and "round_close" in table
+    assert main(["ledger", "export", str(summary.ledger_path), "--jsonl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + 3 * (1 + 6 + 1)  # genesis; per round open, 6 updates, close
+    assert '"kind": "genesis"' in lines[0]
