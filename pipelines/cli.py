@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.config import ExperimentConfig, dump_config, load_config
+from pipelines.config import ExperimentConfig, dump_config, load_config, with_ibm_token
 from qfl.errors import ConfigError, QflError
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 1, 2, 130
@@ -111,6 +111,7 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, console: Console) -
         config = config.model_copy(
             update={"ray": config.ray.model_copy(update={"address": args.address})}
         )
+    config = with_ibm_token(config, os.environ.get("QISKIT_IBM_TOKEN"))
     uri = resolve_tracking_uri(
         args.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"), config.tracking.uri
     )

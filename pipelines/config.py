@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from federated.data import DATASETS, PARTITIONS
 from federated.models import ModelConfig
@@ -259,6 +259,15 @@ def load_config(path: Path | str, overrides: Iterable[str] = ()) -> ExperimentCo
     if root is not None and not root.is_dir():
         raise ConfigError(f"{path}: data.root: folder not found: {root}")
     return config
+
+
+def with_ibm_token(config: ExperimentConfig, token: str | None) -> ExperimentConfig:
+    """`config` with quantum.token set from the environment's token, if it has none."""
+    quantum = config.quantum
+    if quantum is None or quantum.executor != "ibm" or quantum.token is not None or not token:
+        return config
+    secret = SecretStr(token)
+    return config.model_copy(update={"quantum": quantum.model_copy(update={"token": secret})})
 
 
 def dump_config(config: ExperimentConfig) -> str:

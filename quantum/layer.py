@@ -29,7 +29,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from torch import nn
 
 from qfl.errors import QuantumError
@@ -52,6 +52,13 @@ class QuantumConfig(CircuitConfig):
     beta: float = Field(0.0, ge=0.0, description="Eq. 2: weight of the noise penalty N(theta)")
     input_scale: float = Field(1.0, gt=0.0, description="vqc: angle = input_scale * feature")
     precision: Literal["float32", "float64"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="exact executor: auto uses a GPU when torch has one"
+    )
+    token: SecretStr | None = Field(
+        None, description="IBM Quantum token (prefer QISKIT_IBM_TOKEN in the environment)"
+    )
+    instance: str | None = Field(None, description="IBM Quantum instance (CRN), if needed")
 
     @model_validator(mode="after")
     def _executor_fits(self) -> QuantumConfig:
@@ -71,7 +78,10 @@ def make_executor(config: QuantumConfig, circuit: VariationalCircuit, seed: int)
         from quantum.executors.exact import ExactExecutor
 
         dtype = torch.float64 if config.precision == "float64" else torch.float32
-        return ExactExecutor(circuit, dtype=dtype)
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return ExactExecutor(circuit, dtype=dtype, device=device)
     if config.executor == "reference":
         from quantum.executors.reference import ReferenceExecutor
 
@@ -85,7 +95,16 @@ def make_executor(config: QuantumConfig, circuit: VariationalCircuit, seed: int)
         )
     from quantum.executors.ibm import IBMExecutor
 
-    return IBMExecutor(circuit, backend=config.backend, shots=config.shots, seed=seed)
+    token = config.token.get_secret_value() if config.token is not None else None
+    return IBMExecutor(
+        circuit,
+        backend=config.backend,
+        shots=config.shots,
+        seed=seed,
+        token=token,
+        instance=config.instance,
+        gradient=config.gradient,
+    )
 
 
 def circuit_fidelity(circuit: VariationalCircuit, noise: NoiseConfig) -> float:

@@ -15,6 +15,7 @@ from pipelines.config import (
     dump_config,
     load_config,
     parse_override,
+    with_ibm_token,
 )
 from qfl.errors import ConfigError, QflError
 
@@ -374,3 +375,19 @@ def test_shipped_quantum_configs_load(name) -> None:
     config = load_config(REPO_CONFIGS / name)
     assert config.quantum is not None
     assert config.model.kind in ("vqc", "hybrid")
+
+
+def test_ibm_token_from_the_environment_is_kept_secret() -> None:
+    config = load_config(
+        REPO_CONFIGS / "digits-vqc.yaml", ["quantum.executor=ibm", "quantum.backend=ibm_torino"]
+    )
+    assert with_ibm_token(config, None) is config
+    secret = with_ibm_token(config, "tok-123")
+    assert secret.quantum.token.get_secret_value() == "tok-123"
+    assert "tok-123" not in dump_config(secret)  # never written to runs/ or MLflow params
+    assert "tok-123" not in str(secret.flat())
+    # a token already in the config wins over the environment
+    assert with_ibm_token(secret, "other").quantum.token.get_secret_value() == "tok-123"
+    # other executors never get a token
+    exact = load_config(REPO_CONFIGS / "digits-vqc.yaml")
+    assert with_ibm_token(exact, "tok-123") is exact
