@@ -20,6 +20,11 @@ both; for a rotation U = exp(-i theta P / 2) the gradient is
     dE/dtheta = Re <lambda| dU/dtheta |psi_prev> = Re <lambda| (-i P / 2) |psi>,
 
 with |psi> the state right after U. Memory is a few states whatever the depth.
+
+Small real circuits on the CPU (at most fastpath.FAST_MAX_QUBITS qubits) take,
+with method "adjoint", the NumPy fast path of quantum/fastpath.py instead: the
+same adjoint gradients, with the whole forward and backward as one autograd
+node, because tiny torch ops cost their dispatch, not their arithmetic.
 """
 
 from __future__ import annotations
@@ -553,13 +558,15 @@ class CompiledCircuit:
             return expectation(self.run(values, real=real), terms)
         if method != "adjoint":
             raise QuantumError(f"unknown gradient method {method!r} (adjoint or autograd)")
-        if fast is not False and real is not False and self.fast_path_for(values) is not None:
-            self._check_values(values)
-            return self.fast.expectations(values, terms)
+        self._check_values(values)
+        path = None if fast is False or real is False else self.fast_path_for(values)
+        if path is not None:
+            return path.expectations(values, terms)
         if fast:
             raise QuantumError(
                 "no fast path here: it needs a real circuit of at most "
-                f"{_fast_max_qubits()} qubits and CPU float32/float64 values"
+                f"{_fast_max_qubits()} qubits, CPU float32/float64 values and a batch "
+                "that fits its memory cap"
             )
         return _AdjointExpectation.apply(values, self, terms, real)
 
@@ -574,10 +581,12 @@ class CompiledCircuit:
         return self._tables["fast"]
 
     def fast_path_for(self, values: Tensor) -> FastCircuit | None:
-        """The fast path if `expectations(values, ..., "adjoint")` takes it: CPU values."""
+        """The fast path if `expectations(values, ..., "adjoint")` takes it: CPU float
+        values, a batch that fits (FastCircuit.fits)."""
         if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
             return None
-        return self.fast
+        fast = self.fast
+        return fast if fast is not None and fast.fits(values.shape[0]) else None
 
     def adjoint_gradient(self, values: Tensor, state: Tensor, lam: Tensor) -> Tensor:
         """dE/dvalues (B, P) from the final state and lam = dE/dstate (both (B, 2**n)).

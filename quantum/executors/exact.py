@@ -6,6 +6,12 @@ Every encoding slot and weight is one column of the simulator's `values`
 batch. Autograd then sums the gradients of re-uploaded slots back onto their
 feature by itself, and `torch_forward` needs no bridge. Gradients use the
 adjoint method by default (memory of a few states, whatever the depth).
+
+Small real circuits on the CPU (the usual ansatz with RY encoding, up to
+`quantum.fastpath.FAST_MAX_QUBITS` qubits) take the NumPy fast path with the
+adjoint method: gathering the slots, broadcasting the weights, the simulation
+and its backward (folding slot gradients onto features, summing weight
+gradients over the batch) are then one autograd node, `_FastForward`.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from qfl.errors import QuantumError
 from quantum.circuits import VariationalCircuit
 from quantum.executors.base import Executor
+from quantum.fastpath import FastCircuit
 from quantum.statevector import Method, compile_circuit, pauli_terms
 
 
@@ -30,7 +38,9 @@ class ExactExecutor(Executor):
         dtype: torch.dtype = torch.float64,
         device: str | torch.device | None = None,
         method: Method = "adjoint",
+        fast: bool = True,
     ):
+        """fast=False keeps small real circuits on the torch paths too."""
         super().__init__(circuit)
         if dtype not in (torch.float32, torch.float64):
             raise QuantumError(f"exact executor dtype must be float32 or float64, got {dtype}")
@@ -40,6 +50,19 @@ class ExactExecutor(Executor):
         self.method: Method = method
         self._slot_feature = torch.as_tensor(circuit.slot_feature, dtype=torch.long)
         self._observables = tuple(pauli_terms(op, circuit.num_qubits) for op in circuit.observables)
+        self.fast = fast
+        slots = len(circuit.slots)  # (S, F) one-hot: slot gradients summed onto features
+        self._fold = np.zeros((slots, circuit.num_features))
+        self._fold[np.arange(slots), circuit.slot_feature] = 1.0
+
+    @property
+    def fast_path(self) -> FastCircuit | None:
+        """The NumPy fast path that CPU inputs take, or None (torch statevector)."""
+        if not self.fast or self.method != "adjoint":
+            return None
+        if self.device is not None and self.device.type != "cpu":
+            return None
+        return self.compiled.fast
 
     def _check(self, inputs: Tensor, weights: Tensor) -> None:
         features, num_weights = self.circuit.num_features, self.circuit.num_weights
@@ -51,12 +74,21 @@ class ExactExecutor(Executor):
             )
 
     def _forward(self, inputs: Tensor, weights: Tensor) -> Tensor:
-        """(B, F) features, (B, P) per-sample weights -> (B, O) on the inputs' device/dtype."""
+        """(B, F) features, (P,) or (B, P) per-sample weights -> (B, O) on the inputs'
+        device and dtype."""
+        fast = self.fast_path
+        cpu = inputs.device.type == "cpu" and weights.device.type == "cpu"
+        floats = inputs.dtype in _FLOATS and weights.dtype in _FLOATS
+        if fast is not None and cpu and floats and fast.fits(inputs.shape[0]):
+            return _FastForward.apply(inputs, weights, self, fast)
+        if weights.dim() == 1:
+            weights = weights.expand(inputs.shape[0], -1)
         device = inputs.device if self.device is None else self.device
         slots = inputs[:, self._slot_feature.to(inputs.device)]  # (B, n_slots)
         values = torch.cat((slots, weights.to(inputs.device, inputs.dtype)), dim=1)  # (B, S + P)
         values = values.to(device=device, dtype=self.dtype)
-        out = self.compiled.expectations(values, self._observables, self.method)  # (B, O)
+        fast = None if self.fast else False
+        out = self.compiled.expectations(values, self._observables, self.method, fast=fast)
         return out.to(device=inputs.device, dtype=inputs.dtype)
 
     def torch_forward(self, inputs: Tensor, weights: Tensor) -> Tensor:
@@ -64,7 +96,7 @@ class ExactExecutor(Executor):
         self._check(inputs, weights)
         if weights.dim() != 1:
             raise QuantumError(f"weights of shape {tuple(weights.shape)}: expected 1-D")
-        return self._forward(inputs, weights.expand(inputs.shape[0], -1))
+        return self._forward(inputs, weights)
 
     def expectations(self, inputs: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """<O_k> per sample: (B, F), (P,) -> (B, O) float64."""
@@ -91,3 +123,42 @@ class ExactExecutor(Executor):
         d_w = torch.stack([r[-1] for r in rows], dim=1).numpy()  # (B, O, P)
         d_x = torch.stack([r[0] for r in rows], dim=1).numpy() if inputs_grad else None  # (B, O, F)
         return d_x, d_w
+
+
+_FLOATS = (torch.float32, torch.float64)
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+class _FastForward(torch.autograd.Function):
+    """ExactExecutor._forward on the NumPy fast path, as one autograd node."""
+
+    @staticmethod
+    def forward(ctx, inputs, weights, executor, fast):  # (B, F), (P,) | (B, P) -> (B, O)
+        dtype = _NUMPY[executor.dtype]
+        x, w = inputs.detach().numpy(), weights.detach().numpy()
+        slot_feature = executor.circuit.slot_feature
+        values = np.empty((x.shape[0], len(slot_feature) + w.shape[-1]), dtype=dtype)
+        values[:, : len(slot_feature)] = x[:, slot_feature]
+        values[:, len(slot_feature) :] = w
+        out, ctx.saved = fast.forward(values, executor._observables)  # (B, O)
+        ctx.executor, ctx.fast = executor, fast
+        ctx.dtypes = inputs.dtype, weights.dtype
+        ctx.weights_dim = weights.dim()
+        return torch.from_numpy(out).to(inputs.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # (B, O) -> (B, F), (P,) | (B, P)
+        saved = ctx.saved
+        g = np.ascontiguousarray(grad_out.numpy(), dtype=saved[0].dtype)
+        grads = ctx.fast.backward(saved, g)  # (B, S + P)
+        slots = ctx.executor._fold.shape[0]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            fold = ctx.executor._fold.astype(grads.dtype, copy=False)
+            grad_x = torch.from_numpy(grads[:, :slots] @ fold).to(ctx.dtypes[0])
+        if ctx.needs_input_grad[1]:
+            d_w = grads[:, slots:]
+            d_w = d_w.sum(0) if ctx.weights_dim == 1 else np.ascontiguousarray(d_w)
+            grad_w = torch.from_numpy(d_w).to(ctx.dtypes[1])
+        return grad_x, grad_w, None, None

@@ -120,17 +120,21 @@ def test_float32_matches_float64(entanglement):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_adjoint_and_autograd_executors_agree():
+@pytest.mark.parametrize("fast", [True, False])  # the NumPy fast path, or torch's adjoint
+def test_adjoint_and_autograd_executors_agree(fast):
     circuit, inputs, weights = setup("full")
-    adjoint = ExactExecutor(circuit).jacobians(inputs, weights)
+    executor = ExactExecutor(circuit, fast=fast)
+    assert (executor.fast_path is not None) is fast
+    adjoint = executor.jacobians(inputs, weights)
     autograd = ExactExecutor(circuit, method="autograd").jacobians(inputs, weights)
     for a, b in zip(adjoint, autograd, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-10)
 
 
-def test_native_gradients_equal_the_generic_jacobian_bridge():
+@pytest.mark.parametrize("fast", [True, False])
+def test_native_gradients_equal_the_generic_jacobian_bridge(fast):
     circuit, inputs, weights = setup("linear")
-    executor = ExactExecutor(circuit)
+    executor = ExactExecutor(circuit, fast=fast)
     grads = []
     for forward in (executor.torch_forward, lambda x, w: Executor.torch_forward(executor, x, w)):
         x = torch.tensor(inputs, requires_grad=True)

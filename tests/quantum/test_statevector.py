@@ -87,8 +87,8 @@ def test_expectations_match_qiskit(seed):
     rng, qc, params, values = case(seed)
     observables = random_observables(rng, qc.num_qubits)
     compiled = compile_circuit(qc, params)
-    for method in ("adjoint", "autograd"):
-        got = compiled.expectations(torch.tensor(values), observables, method).numpy()
+    for method, fast in (("adjoint", None), ("adjoint", False), ("autograd", None)):
+        got = compiled.expectations(torch.tensor(values), observables, method, fast=fast).numpy()
         for b, row in enumerate(values):
             sv = reference(qc, params, row)
             want = [sv.expectation_value(op).real for op in observables]
@@ -156,13 +156,14 @@ def test_fused_permutations_match_gate_by_gate(seed, monkeypatch):
     tracked = fused.run(torch.tensor(values, requires_grad=True))
     np.testing.assert_allclose(tracked.detach().numpy(), want, atol=1e-12)
     grad = _gradients(plain, values, observables, weights, "autograd")
-    np.testing.assert_allclose(
-        _gradients(fused, values, observables, weights, "adjoint"), grad, atol=1e-10
-    )
+    for fast in (None, False):
+        np.testing.assert_allclose(
+            _gradients(fused, values, observables, weights, "adjoint", fast), grad, atol=1e-10
+        )
     monkeypatch.setattr(statevector, "_GATHER_MAX", 0)  # as for states too large to gather
     np.testing.assert_allclose(fused.run(torch.tensor(values)).numpy(), want, atol=1e-12)
     np.testing.assert_allclose(
-        _gradients(fused, values, observables, weights, "adjoint"), grad, atol=1e-10
+        _gradients(fused, values, observables, weights, "adjoint", False), grad, atol=1e-10
     )
 
 
@@ -241,21 +242,23 @@ def test_bad_values_and_observables_raise():
         compiled.expectations(torch.zeros(1, 1), [SparsePauliOp("ZZ")], method="magic")
 
 
-def _gradients(compiled, values, observables, weights, method):
+def _gradients(compiled, values, observables, weights, method, fast=None):
     v = torch.tensor(values, requires_grad=True)
-    out = compiled.expectations(v, observables, method)  # (B, n_obs)
+    out = compiled.expectations(v, observables, method, fast=fast)  # (B, n_obs)
     (grad,) = torch.autograd.grad((out * weights).sum(), v)
     return grad.numpy()
 
 
+@pytest.mark.parametrize("fast", [None, False])  # real circuits: NumPy fast path or torch
 @pytest.mark.parametrize("real", [True, False])
 @pytest.mark.parametrize("seed", range(12))
-def test_adjoint_gradients_equal_autograd(seed, real):
+def test_adjoint_gradients_equal_autograd(seed, real, fast):
     rng, qc, params, values = case(100 + seed, real=real)
     compiled = compile_circuit(qc, params)
+    assert (compiled.fast is not None) is real
     observables = random_observables(rng, qc.num_qubits, count=2)
     weights = torch.tensor(rng.normal(size=(3, 2)))
-    adjoint = _gradients(compiled, values, observables, weights, "adjoint")
+    adjoint = _gradients(compiled, values, observables, weights, "adjoint", fast)
     autograd = _gradients(compiled, values, observables, weights, "autograd")
     np.testing.assert_allclose(adjoint, autograd, atol=1e-10)
 
