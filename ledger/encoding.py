@@ -19,8 +19,10 @@ Floats are refused with a `TypeError`: a metric goes in as micro-units (`to_micr
 array is hashed as raw little-endian float32 bytes (`weights_digest`).
 
 The encoding is injective: every value has a self-delimiting encoding that `decode_value`
-inverts, and `decode_value` accepts *only* canonical bytes (it re-encodes what it parsed
-and compares), so one value has exactly one encoding and one encoding one value.
+inverts, and `decode_value` accepts *only* canonical bytes (by definition: it accepts what
+re-encoding the parsed value reproduces; see `_decode_reference`, which the faster paths
+below must agree with and fall back to), so one value has exactly one encoding and one
+encoding one value.
 
 Hashes are SHA3-256. `domain_digest` separates the kinds of hashed object: its input
 starts with ``b"qfl\\x00"``, a one-byte domain length and the domain, so no two domains
@@ -33,9 +35,11 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
+import re
 import struct
-from collections.abc import Mapping
-from typing import Any, Final
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel
@@ -80,12 +84,17 @@ def digest(data: bytes) -> bytes:
     return hashlib.sha3_256(data).digest()
 
 
-def domain_digest(domain: str, data: bytes) -> bytes:
-    """SHA3-256 of ``b"qfl\\x00" || len(domain) || domain || data``; domains never collide."""
+def domain_digest_prefix(domain: str) -> bytes:
+    """What `domain_digest` hashes before the data: ``b"qfl\\x00" || len(domain) || domain``."""
     tag = domain.encode("ascii")
     if not 0 < len(tag) < 256:
         raise ValueError(f"a hash domain is 1..255 ASCII bytes, got {domain!r}")
-    return digest(_DOMAIN_PREFIX + bytes([len(tag)]) + tag + data)
+    return _DOMAIN_PREFIX + bytes([len(tag)]) + tag
+
+
+def domain_digest(domain: str, data: bytes) -> bytes:
+    """SHA3-256 of ``b"qfl\\x00" || len(domain) || domain || data``; domains never collide."""
+    return digest(domain_digest_prefix(domain) + data)
 
 
 def weights_digest(arr: np.ndarray) -> bytes:
@@ -370,23 +379,87 @@ def _decode_fast(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
     raise _NotFast
 
 
+# Shapes: the key sequences of dicts decoded before (records have a handful), keyed by
+# (entry count, first key's encoding). A dict whose keys are exactly a known shape's is
+# decoded by matching the keys' bytes, whose order and canonicity were checked when the
+# shape was first met. Bounded, so odd inputs cannot grow it without limit.
+_Shape = tuple[tuple[bytes, str, int], ...]  # (key encoding, key, encoding length) in order
+_shapes: dict[tuple[int, bytes], list[_Shape]] = {}
+_SHAPES_MAX: Final = 256
+_SHAPE_MAX_KEYS: Final = 64
+_shape_count = 0
+
+
 def _decode_dict_fast(
     data: bytes, pos: int, depth: int, marks: list[int] | None
 ) -> tuple[dict[Any, Any], int]:
-    """`_decode_fast` of the dict at `pos`; appends each entry's start to `marks` if given.
-
-    Str keys and bytes / int / str values are parsed inline (the common case).
-    """
+    """`_decode_fast` of the dict at `pos`; appends each entry's start to `marks` if given
+    (and then the end)."""
     if data[pos] != _D:
         raise _NotFast
     count = _unpack_u32(data, pos + 1)[0]
     pos += 5
-    size = len(data)
-    result: dict[Any, Any] = {}
-    previous = b""  # every key encoding is non-empty, so the first key is greater
     depth += 1
     if count and depth > MAX_DEPTH:
         raise _NotFast
+    if count and data[pos] == _S:
+        first = data[pos : pos + 5 + _unpack_u32(data, pos + 1)[0]]
+        for shape in _shapes.get((count, first), ()):
+            decoded = _decode_shaped(data, pos, depth, shape, marks)
+            if decoded is not None:
+                return decoded
+    return _decode_entries(data, pos, depth, count, marks)
+
+
+def _decode_shaped(
+    data: bytes, pos: int, depth: int, shape: _Shape, marks: list[int] | None
+) -> tuple[dict[Any, Any], int] | None:
+    """The dict at `pos` (past its count) if its keys are `shape`'s; None if they are not."""
+    size = len(data)
+    result: dict[Any, Any] = {}
+    starts = []
+    for encoded_key, key, length in shape:
+        if not data.startswith(encoded_key, pos):
+            return None
+        starts.append(pos)
+        pos += length
+        tag = data[pos]
+        if tag == _Y:
+            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
+            if end > size:
+                raise _NotFast
+            result[key] = data[pos + 5 : end]
+        elif tag == _I:
+            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
+            if end > size:
+                raise _NotFast
+            value = int.from_bytes(data[pos + 5 : end], "big", signed=True)
+            if end - pos - 5 != (value and ((value + (value < 0)).bit_length() >> 3) + 1):
+                raise _NotFast
+            result[key] = value
+        elif tag == _S:
+            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
+            if end > size:
+                raise _NotFast
+            result[key] = data[pos + 5 : end].decode("utf-8")
+        else:
+            result[key], end = _decode_fast(data, pos, depth)
+        pos = end
+    if marks is not None:
+        marks += starts
+        marks.append(pos)
+    return result, pos
+
+
+def _decode_entries(
+    data: bytes, pos: int, depth: int, count: int, marks: list[int] | None
+) -> tuple[dict[Any, Any], int]:
+    """The dict at `pos` (past its count) entry by entry; learns its shape."""
+    global _shape_count
+    size = len(data)
+    result: dict[Any, Any] = {}
+    previous = b""  # every key encoding is non-empty, so the first key is greater
+    shape: list[tuple[bytes, str, int]] | None = [] if count <= _SHAPE_MAX_KEYS else None
     for _ in range(count):
         if marks is not None:
             marks.append(pos)
@@ -404,6 +477,11 @@ def _decode_dict_fast(
         if encoded_key <= previous:
             raise _NotFast
         previous = encoded_key
+        if shape is not None:
+            if type(key) is str:
+                shape.append((encoded_key, key, pos - start))
+            else:
+                shape = None
         tag = data[pos]
         if tag == _Y:
             end = pos + 5 + _unpack_u32(data, pos + 1)[0]
@@ -428,33 +506,13 @@ def _decode_dict_fast(
         pos = end
     if marks is not None:
         marks.append(pos)
+    if shape and _shape_count < _SHAPES_MAX:
+        known = _shapes.setdefault((count, shape[0][0]), [])
+        learned = tuple(shape)
+        if learned not in known:
+            known.append(learned)
+            _shape_count += 1
     return result, pos
-
-
-def decode_with_entries(data: bytes) -> tuple[Any, list[int] | None]:
-    """`decode_value(data)`, and where each entry starts when the value is a dict.
-
-    Returns (value, offsets): for a dict, entry k of the encoding (key then value, in the
-    canonical key order) is ``data[offsets[k]:offsets[k + 1]]`` and the last offset is
-    ``len(data)``; offsets is None for any other value. Raises as `decode_value` does.
-    """
-    data = bytes(data)
-    marks: list[int] = []
-    try:
-        value, end = _decode_dict_fast(data, 0, 0, marks)
-    except Exception:
-        end = -1
-    if end == len(data):
-        return value, marks
-    value = _decode_reference(data)  # raises, or a non-dict, or (never) a refused dict
-    if not isinstance(value, dict):
-        return value, None
-    marks = [5]
-    for key_bytes, item in sorted(
-        ((_key_bytes(k)[0], v) for k, v in value.items()), key=_entry_key
-    ):
-        marks.append(marks[-1] + len(key_bytes) + len(encode_value(item)))
-    return value, marks
 
 
 def same_encoding(value: Any, decoded: Any) -> bool:
@@ -473,19 +531,235 @@ def same_encoding(value: Any, decoded: Any) -> bool:
         if len(value) != len(decoded):
             return False
         for key, item in value.items():
-            key_type = type(key)  # decoded keys are exact str / int, so `in` is exact too
+            key_type = type(key)  # decoded keys are exact str / int, so `get` is exact too
             if key_type is not str and key_type is not int:
                 return encode_value(value) == encode_value(decoded)
             other = decoded.get(key, _MISSING)
-            if other is _MISSING or not same_encoding(item, other):
+            if item is other:
+                continue
+            other_type = type(other)
+            if type(item) is other_type and other_type in _SCALARS:
+                if item != other:
+                    return False
+            elif other is _MISSING or not same_encoding(item, other):
                 return False
         return True
     if kind is tuple:
-        return len(value) == len(decoded) and all(map(same_encoding, value, decoded))
+        if len(value) != len(decoded):
+            return False
+        for item, other in zip(value, decoded, strict=True):
+            if item is other:
+                continue
+            other_type = type(other)
+            if type(item) is other_type and other_type in _SCALARS:
+                if item != other:
+                    return False
+            elif not same_encoding(item, other):
+                return False
+        return True
     return value == decoded  # one exact type of None, bool, int, str, bytes: == is exact
 
 
+_SCALARS: Final = frozenset({int, str, bytes, bool, type(None)})
 _MISSING: Final = object()
+
+
+# Templates: a value's encoding with its structure fixed and only its leaves' bytes free.
+# Learned from an encoding the decoder accepted (once encodings of that length and those
+# first bytes came by a few times), a template is a regular expression of the encoding's
+# structure bytes (tags, lengths, dict keys, bools, None, short strings) with one group
+# per remaining leaf: bytes of the exact length, an int of the exact length whose first
+# two bytes make it minimal, a string of the exact length. An input the expression
+# matches in full is therefore canonical exactly when its string leaves are UTF-8 (the
+# builder decodes them, and anything it raises sends the input to the decoders above),
+# and the compiled builder makes its value, and its entry offsets when it is a dict,
+# from the groups. Bounded in number, so odd inputs cannot grow them without limit.
+
+
+class _Template(NamedTuple):
+    fullmatch: Callable[[bytes], re.Match[bytes] | None]
+    build: Callable[[tuple[bytes, ...]], Any]
+    entries: tuple[int, ...] | None  # a dict's entry offsets (see decode_with_entries)
+
+
+_TemplateKey = tuple[int, bytes]  # (encoding length, its first bytes)
+_templates: dict[_TemplateKey, list[_Template]] = {}
+_template_sightings: dict[_TemplateKey, int] = {}
+_TEMPLATE_PREFIX: Final = 16
+_TEMPLATE_MIN_BYTES: Final = 64
+_TEMPLATES_MAX: Final = 128
+_TEMPLATES_PER_KEY: Final = 8
+_TEMPLATE_MAX_GROUPS: Final = 128
+_TEMPLATE_MAX_LEAVES: Final = 512
+_TEMPLATE_LITERAL_STR: Final = 16  # strings up to this many bytes are structure (names)
+_TEMPLATE_SIGHTINGS: Final = 3  # canonical encodings of one key seen before learning
+_SIGHTINGS_MAX: Final = 4096
+_template_count = 0
+
+
+def _int_pattern(n: int) -> bytes:
+    """A regex of the n-byte minimal two's-complement ints (n >= 1), see `_int_bytes`."""
+    if n == 1:
+        return rb"[\x01-\xff]"  # 0 is encoded with no bytes
+    head = rb"(?:[\x01-\xfe].|\x00[\x80-\xff]|\xff[\x00-\x7f])"
+    return head if n == 2 else head + b".{%d}" % (n - 2)
+
+
+def _compile_template(data: bytes) -> _Template | None:
+    """The template of canonical `data`; None when it is too complex to be worth one."""
+    pattern: list[bytes] = []
+    consts: list[Any] = []
+    groups = 0
+    leaves = 0
+    entries: list[int] | None = None
+
+    def const(value: Any) -> str:
+        consts.append(value)
+        return f"C[{len(consts) - 1}]"
+
+    def capture(regex: bytes) -> int:
+        nonlocal groups
+        pattern.append(b"(" + regex + b")")
+        groups += 1
+        return groups - 1
+
+    def walk(pos: int, depth: int) -> tuple[str, int]:
+        nonlocal leaves, entries
+        leaves += 1
+        if leaves > _TEMPLATE_MAX_LEAVES or groups > _TEMPLATE_MAX_GROUPS:
+            raise _NotFast  # not worth a template
+        tag = data[pos]
+        if tag in (_N, _B):
+            end = pos + (1 if tag == _N else 2)
+            pattern.append(re.escape(data[pos:end]))
+            return ("None" if tag == _N else "True" if data[pos + 1] else "False"), end
+        n = _unpack_u32(data, pos + 1)[0]
+        start, end = pos + 5, pos + 5 + n
+        if tag == _S and n <= _TEMPLATE_LITERAL_STR:
+            pattern.append(re.escape(data[pos:end]))
+            return const(sys.intern(data[start:end].decode("utf-8"))), end
+        pattern.append(re.escape(data[pos:start]))
+        if tag == _I:
+            return (f"F(g[{capture(_int_pattern(n))}], 'big', signed=True)" if n else "0"), end
+        if tag == _S:
+            return f"g[{capture(b'.{%d}' % n)}].decode('utf-8')", end
+        if tag == _Y:
+            return (f"g[{capture(b'.{%d}' % n)}]" if n else "b''"), end
+        items = []
+        pos = start
+        if tag == _L:
+            for _ in range(n):
+                item, pos = walk(pos, depth + 1)
+                items.append(item + ", ")
+            return "(" + "".join(items) + ")", pos
+        if depth == 0:
+            entries = []
+        for _ in range(n):  # tag == _D
+            if depth == 0:
+                entries.append(pos)
+            key, end = _decode_fast(data, pos, depth + 1)
+            pattern.append(re.escape(data[pos:end]))
+            item, pos = walk(end, depth + 1)
+            items.append(f"{const(key)}: {item}")
+        if depth == 0:
+            entries.append(pos)
+        return "{" + ", ".join(items) + "}", pos
+
+    try:
+        expression, end = walk(0, 0)
+    except _NotFast:
+        return None
+    if end != len(data) or groups > _TEMPLATE_MAX_GROUPS:
+        return None
+    namespace: dict[str, Any] = {"C": consts, "F": int.from_bytes}
+    exec(f"def build(g):\n    return {expression}\n", namespace)  # noqa: S102 - our own source
+    template = _Template(
+        fullmatch=re.compile(b"".join(pattern), re.DOTALL).fullmatch,
+        build=namespace["build"],
+        entries=None if entries is None else tuple(entries),
+    )
+    match = template.fullmatch(data)  # the template must reproduce what it was learned from
+    if match is None or encode_value(template.build(match.groups())) != data:
+        return None  # pragma: no cover - defensive
+    return template
+
+
+def _learn_template(key: _TemplateKey, data: bytes) -> None:
+    """Count a sighting of `key` (canonical `data` no template matched); learn when frequent."""
+    global _template_count
+    sightings = _template_sightings.get(key, 0) + 1
+    if sightings < _TEMPLATE_SIGHTINGS:
+        if len(_template_sightings) >= _SIGHTINGS_MAX:
+            _template_sightings.clear()  # only counters: start counting afresh
+        _template_sightings[key] = sightings
+        return
+    known = _templates.get(key, [])
+    if _template_count >= _TEMPLATES_MAX or len(known) >= _TEMPLATES_PER_KEY:
+        return
+    try:
+        template = _compile_template(data)
+    except (re.error, RecursionError, SyntaxError, MemoryError):  # pragma: no cover
+        template = None
+    if template is None:  # not worth one: never try this key again (until counters reset)
+        _template_sightings[key] = -_SIGHTINGS_MAX
+        return
+    _template_sightings[key] = 0
+    _templates[key] = [*known, template]
+    _template_count += 1
+
+
+def _decode_top(data: bytes, want_entries: bool) -> tuple[Any, Sequence[int] | None]:
+    """(value, entry offsets or None) of canonical `data`; raise `LedgerIntegrityError` if not.
+
+    Tries the templates, then the fast decoder, then the reference decoder, which is the
+    one that raises (and the one that decides whatever the fast ones do not accept).
+    """
+    size = len(data)
+    key = (size, data[:_TEMPLATE_PREFIX])
+    for template in _templates.get(key, ()):
+        match = template.fullmatch(data)
+        if match is not None:
+            try:
+                return template.build(match.groups()), template.entries
+            except Exception:  # e.g. a string leaf that is not UTF-8
+                break
+    marks: list[int] | None = [] if want_entries else None
+    try:
+        if data[0] == _D:
+            value, end = _decode_dict_fast(data, 0, 0, marks)
+        else:
+            value, end = _decode_fast(data, 0, 0)
+            marks = None
+    except Exception:
+        end = -1
+    if end != size:
+        value = _decode_reference(data)  # raises, or decides what the fast path refused
+        marks = _measure_entries(value) if want_entries else None
+    if size >= _TEMPLATE_MIN_BYTES:
+        _learn_template(key, data)
+    return value, marks
+
+
+def _measure_entries(value: Any) -> list[int] | None:
+    """The entry offsets of canonical `value`'s encoding (None unless it is a dict)."""
+    if not isinstance(value, dict):
+        return None
+    marks = [5]
+    for key_bytes, item in sorted(
+        ((_key_bytes(k)[0], v) for k, v in value.items()), key=_entry_key
+    ):
+        marks.append(marks[-1] + len(key_bytes) + len(encode_value(item)))
+    return marks
+
+
+def decode_with_entries(data: bytes) -> tuple[Any, Sequence[int] | None]:
+    """`decode_value(data)`, and where each entry starts when the value is a dict.
+
+    Returns (value, offsets): for a dict, entry k of the encoding (key then value, in the
+    canonical key order) is ``data[offsets[k]:offsets[k + 1]]`` and the last offset is
+    ``len(data)``; offsets is None for any other value. Raises as `decode_value` does.
+    """
+    return _decode_top(bytes(data), True)
 
 
 def decode_value(data: bytes) -> Any:
@@ -494,11 +768,4 @@ def decode_value(data: bytes) -> Any:
     Lists decode as tuples. Input that parses but is not the canonical encoding of what it
     parses to (unsorted or repeated dict keys, a non-minimal int, trailing bytes) raises.
     """
-    data = bytes(data)
-    try:
-        value, end = _decode_fast(data, 0, 0)
-    except Exception:  # anything the fast path does not accept: the reference raises
-        return _decode_reference(data)
-    if end != len(data):
-        return _decode_reference(data)
-    return value
+    return _decode_top(bytes(data), False)[0]

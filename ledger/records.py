@@ -36,7 +36,9 @@ from ledger.encoding import (
     LedgerIntegrityError,
     decode_value,
     decode_with_entries,
+    digest,
     domain_digest,
+    domain_digest_prefix,
     encode_value,
     same_encoding,
 )
@@ -234,6 +236,11 @@ def _field_values(model: BaseModel) -> dict[str, object]:
     return model.model_dump(mode="python")
 
 
+_KIND_VALIDATORS: Final = {
+    t.model_fields["kind"].default: t.__pydantic_validator__ for t in TX_TYPES
+}
+
+
 def encode_tx(tx: Transaction) -> bytes:
     """The canonical bytes of a transaction (the Merkle leaf and the store's body)."""
     if not isinstance(tx, TX_TYPES):
@@ -251,10 +258,22 @@ def _decode_tx(data: bytes) -> tuple[Transaction, list[int]]:
     value, entries = decode_with_entries(data)
     if entries is None:
         raise LedgerIntegrityError("a transaction encodes a dict of fields")
-    try:
-        tx = _TX_ADAPTER.validate_python(value)
-    except ValidationError as exc:
-        raise LedgerIntegrityError(f"not a valid transaction: {_first_error(exc)}") from exc
+    # The discriminated union validates with the model that "kind" names: call that model's
+    # validator directly; for anything else, and for every failure, the union decides (and
+    # words the error).
+    kind = value.get("kind")
+    validator = _KIND_VALIDATORS.get(kind) if type(kind) is str else None
+    tx = None
+    if validator is not None:
+        try:
+            tx = validator.validate_python(value)
+        except ValidationError:
+            tx = None
+    if tx is None:
+        try:
+            tx = _TX_ADAPTER.validate_python(value)
+        except ValidationError as exc:
+            raise LedgerIntegrityError(f"not a valid transaction: {_first_error(exc)}") from exc
     # encode_tx(tx) == data, checked without encoding: data is the canonical encoding of
     # `value`, so it is tx's exactly when tx's fields encode as `value` does
     if not same_encoding(_field_values(tx), value):
@@ -289,33 +308,71 @@ def update_signing_payload(update: UnsignedUpdate | Update, run_id: str) -> byte
     return domain_digest(DOMAIN_UPDATE_SIGNING, body)
 
 
-_RUN_ID_KEY: Final = encode_value("run_id")
-_UPDATE_KEY: Final = encode_value("update")
-_UNSIGNED_KEYS: Final = tuple(encode_value(name) for name in sorted(_UPDATE_UNSIGNED_ONLY))
+def _signed_runs() -> tuple[int, tuple[tuple[int, int], ...]]:
+    """How an `Update`'s canonical entries map onto its signed fields' encoding.
+
+    A validated Update encodes exactly its fields, as dict entries in the order of their
+    encoded keys; the signed fields are all of them but ``kind`` and ``signature``, and a
+    dict without some entries encodes the remaining ones in the same order. Returns (entry
+    count, runs): the signed fields' entries are entries ``[a, b)`` for each run (a, b).
+    """
+    order = sorted(Update.model_fields, key=encode_value)
+    runs: list[tuple[int, int]] = []
+    for position, name in enumerate(order):
+        if name in _UPDATE_UNSIGNED_ONLY:
+            continue
+        if runs and runs[-1][1] == position:
+            runs[-1] = (runs[-1][0], position + 1)
+        else:
+            runs.append((position, position + 1))
+    return len(order), tuple(runs)
 
 
-def _update_signing_payload_from_encoding(data: bytes, entries: list[int], run_id: str) -> bytes:
+_UPDATE_ENTRIES, _SIGNED_RUNS = _signed_runs()
+_SIGNED_FIELD_COUNT: Final = sum(b - a for a, b in _SIGNED_RUNS)
+_SIGNING_DOMAIN_PREFIX: Final = domain_digest_prefix(DOMAIN_UPDATE_SIGNING)
+_signing_prefixes: dict[str, bytes] = {}  # run_id -> hashed bytes before the signed fields
+
+
+def _signing_prefix(run_id: str) -> bytes:
+    prefix = _signing_prefixes.get(run_id)
+    if prefix is None:
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError("run_id must be a non-empty string")
+        # encode_value({"run_id": run_id, "update": fields}) is these bytes, then fields'
+        # dict encoding: the two keys sort as written ("run_id" < "update", same length)
+        prefix = b"".join(
+            (
+                _SIGNING_DOMAIN_PREFIX,
+                b"d",
+                (2).to_bytes(4, "big"),
+                encode_value("run_id"),
+                encode_value(run_id),
+                encode_value("update"),
+                b"d",
+                _SIGNED_FIELD_COUNT.to_bytes(4, "big"),
+            )
+        )
+        if len(_signing_prefixes) < 64:
+            _signing_prefixes[run_id] = prefix
+    return prefix
+
+
+def _update_signing_payload_from_encoding(
+    data: bytes, entries: Sequence[int], run_id: str
+) -> bytes:
     """`update_signing_payload(decode_tx(data), run_id)`, from the update's canonical bytes.
 
-    `entries` are the offsets `_decode_tx` returned for `data`. The signed fields encode as
-    the update's own entries without its ``kind`` and ``signature`` ones (a dict encodes
-    its entries in key order, which dropping entries keeps), so they are sliced out of
-    `data` rather than encoded again.
+    `data` must be the canonical bytes of a validated `Update` (as `_decode_tx` checks) and
+    `entries` the offsets `_decode_tx` returned: the signed fields' encoding is then the
+    update's own entries without ``kind`` and ``signature``, sliced out rather than encoded.
     """
-    if not isinstance(run_id, str) or not run_id:
-        raise ValueError("run_id must be a non-empty string")
-    kept = [
-        data[start:end]
-        for start, end in zip(entries, entries[1:], strict=False)
-        if not data.startswith(_UNSIGNED_KEYS, start)
-    ]
-    if len(kept) != len(entries) - 1 - len(_UNSIGNED_KEYS):  # pragma: no cover - not an Update
+    if len(entries) != _UPDATE_ENTRIES + 1:  # pragma: no cover - callers pass an Update
         raise LedgerIntegrityError("not the canonical encoding of an update")
-    body = b"".join(
-        (b"d\x00\x00\x00\x02", _RUN_ID_KEY, encode_value(run_id), _UPDATE_KEY, b"d")
-        + (len(kept).to_bytes(4, "big"), *kept)
-    )
-    return domain_digest(DOMAIN_UPDATE_SIGNING, body)
+    parts = [_signing_prefix(run_id)]
+    for a, b in _SIGNED_RUNS:
+        parts.append(data[entries[a] : entries[b]])
+    return digest(b"".join(parts))
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -21,24 +21,25 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from hashlib import sha3_256 as _sha3_256
 from pathlib import Path
 from typing import Final, NamedTuple
 
 from pydantic import ValidationError
 
-from ledger.encoding import LedgerIntegrityError
-from ledger.merkle import merkle_root
+from ledger.encoding import DOMAIN_BLOCK_HEADER, LedgerIntegrityError, domain_digest
+from ledger.merkle import LEAF_TAG, root_of_hashes
 from ledger.records import (
     ZERO_HASH,
     Block,
     BlockHeader,
     Transaction,
+    _decode_tx,
     block_hash,
     decode_certificate,
     decode_header,
-    decode_tx,
     encode_certificate,
     encode_header,
     encode_tx,
@@ -336,6 +337,23 @@ def verify_chain(
     Raises `LedgerIntegrityError` naming the first bad block (and transaction) height, and
     for an empty ledger or transaction rows that belong to no block.
     """
+    check = None if check_block is None else (lambda block, _hash, _encoded: check_block(block))
+    return _verify_chain_encoded(store, check)
+
+
+EncodedTx = tuple[bytes, Sequence[int]]  # a transaction's canonical bytes, its entry offsets
+
+
+def _verify_chain_encoded(
+    store: LedgerStore, check_block: Callable[[Block, bytes, list[EncodedTx]], None] | None
+) -> tuple[int, bytes]:
+    """`verify_chain`, whose check also gets the block's hash and its transactions' bytes.
+
+    `check_block(block, block.hash, encoded)`: the hash is the checked one (no need to
+    hash the header again), and ``encoded[i]`` is transaction i's canonical bytes with the
+    offsets of their entries (`ledger.encoding.decode_with_entries`), for checks that hash
+    parts of them.
+    """
     with _integrity("cannot read the ledger"), store.snapshot():
         heights = store.heights()
         if not heights:
@@ -344,9 +362,10 @@ def verify_chain(
         for expected, height in enumerate(heights):
             if height != expected:
                 raise LedgerIntegrityError("block missing", height=expected)
-            block = _verify_stored(store.stored(height), prev)
-            prev = block.hash
-            _run_check(check_block, block)
+            stored = store.stored(height)
+            block, encoded = _verify_stored_encoded(stored, prev)
+            prev = stored.hash  # checked equal to block_hash(block.header)
+            _run_check(check_block, block, stored.hash, encoded)
         orphans = store.orphan_transaction_heights()
         if orphans:
             raise LedgerIntegrityError("transactions without a block", height=orphans[0])
@@ -355,18 +374,26 @@ def verify_chain(
 
 def _verify_stored(stored: StoredBlock, prev: bytes | None) -> Block:
     """Decode and check one stored block; `prev` is the previous block's hash (None: unchecked)."""
+    return _verify_stored_encoded(stored, prev)[0]
+
+
+def _verify_stored_encoded(
+    stored: StoredBlock, prev: bytes | None
+) -> tuple[Block, list[EncodedTx]]:
+    """`_verify_stored`, and each transaction's bytes with their entry offsets."""
     height = stored.height
     _check_column_types(stored)
     header = _decode_header_at(stored)
-    transactions = _decode_transactions_at(stored)
-    root = merkle_root([body for _, _, body in stored.transactions])
+    transactions, encoded, leaves = _decode_transactions_at(stored)
+    root = root_of_hashes(leaves)  # merkle_root of the bodies
     checks = (
         (header.height == height, "header height differs from its row"),
         (root == header.merkle_root, "transactions do not match the header merkle_root"),
         (stored.merkle_root == header.merkle_root, "merkle_root column differs from header"),
         (prev in (None, header.prev_hash), "prev_hash does not link to the previous block"),
         (stored.prev_hash == header.prev_hash, "prev_hash column differs from header"),
-        (stored.hash == block_hash(header), "hash column differs from the header's hash"),
+        # block_hash(header): the stored header bytes are its canonical encoding (decoded so)
+        (stored.hash == _header_hash(stored.header), "hash column differs from the header's hash"),
         (stored.proposer == header.proposer, "proposer column differs from header"),
         (stored.round == header.round, "round column differs from header"),
     )
@@ -375,7 +402,17 @@ def _verify_stored(stored: StoredBlock, prev: bytes | None) -> Block:
             raise LedgerIntegrityError(message, height=height)
     with _integrity("malformed block", height=height):
         certificate = decode_certificate(stored.certificate)
-        return Block(header=header, transactions=transactions, certificate=certificate)
+        # Everything `Block` validates holds already: the header and the transactions are
+        # validated records, the certificate is decoded and validated, and the Merkle root
+        # of the transactions' canonical bytes (the bodies, as decoding checked) matches.
+        block = Block.model_construct(
+            header=header, transactions=tuple(transactions), certificate=certificate
+        )
+        return block, encoded
+
+
+def _header_hash(encoded_header: bytes) -> bytes:
+    return domain_digest(DOMAIN_BLOCK_HEADER, encoded_header)
 
 
 def _check_column_types(stored: StoredBlock) -> None:
@@ -397,13 +434,26 @@ def _decode_header_at(stored: StoredBlock) -> BlockHeader:
         return decode_header(stored.header)
 
 
-def _decode_transactions_at(stored: StoredBlock) -> list[Transaction]:
-    transactions = []
+def _decode_transactions_at(
+    stored: StoredBlock,
+) -> tuple[list[Transaction], list[EncodedTx], list[bytes]]:
+    """(transactions, their (bytes, entry offsets), their Merkle leaf hashes)."""
+    transactions: list[Transaction] = []
+    encoded: list[EncodedTx] = []
+    leaves: list[bytes] = []
     for position, (idx, kind, body) in enumerate(stored.transactions):
         if idx != position:
             raise LedgerIntegrityError("transaction missing", height=stored.height, index=position)
-        with _integrity("malformed transaction", height=stored.height, index=idx):
-            tx = decode_tx(body)
+        try:  # as `with _integrity("malformed transaction", ...)`, without its per-call cost
+            tx, offsets = _decode_tx(body)
+        except LedgerIntegrityError as exc:
+            if exc.height is not None:
+                raise
+            raise LedgerIntegrityError(str(exc), height=stored.height, index=idx) from exc
+        except (sqlite3.DatabaseError, ValidationError) as exc:
+            raise LedgerIntegrityError(
+                f"malformed transaction: {exc}", height=stored.height, index=idx
+            ) from exc
         if tx.kind != kind:
             raise LedgerIntegrityError(
                 f"kind column {kind!r} differs from the body's {tx.kind!r}",
@@ -411,14 +461,16 @@ def _decode_transactions_at(stored: StoredBlock) -> list[Transaction]:
                 index=idx,
             )
         transactions.append(tx)
-    return transactions
+        encoded.append((body, offsets))
+        leaves.append(_sha3_256(LEAF_TAG + body).digest())  # merkle.leaf_hash(body), inlined
+    return transactions, encoded, leaves
 
 
-def _run_check(check_block: Callable[[Block], None] | None, block: Block) -> None:
+def _run_check(check_block: Callable[..., None] | None, block: Block, *args: object) -> None:
     if check_block is None:
         return
     try:
-        check_block(block)
+        check_block(block, *args)
     except LedgerIntegrityError as exc:
         if exc.height is not None:
             raise

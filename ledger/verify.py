@@ -56,9 +56,9 @@ from ledger.records import (
     RoundOpen,
     Transaction,
     Update,
-    update_signing_payload,
+    _update_signing_payload_from_encoding,
 )
-from ledger.store import open_readonly, verify_chain
+from ledger.store import EncodedTx, _verify_chain_encoded, open_readonly
 
 __all__ = ["VerifyReport", "verify_ledger"]
 
@@ -100,16 +100,22 @@ class _Checker:
         self.transactions = 0
         self.signatures = 0
         self.rounds_closed = 0
+        self.encoded: list[EncodedTx] = []  # the current block's transaction bytes
 
     # ----------------------------------------------------------------- blocks
 
-    def __call__(self, block: Block) -> None:
+    def __call__(self, block: Block, block_hash: bytes, encoded: list[EncodedTx]) -> None:
+        """Check `block`, whose hash is `block_hash`; `encoded[i]`: transaction i's bytes."""
         height = block.height
         if height == 0:
             self._genesis(block)
-        self._certificate(block)
+        self._certificate(block, block_hash)
+        self.encoded = encoded
         for index, tx in enumerate(block.transactions):
-            self._transaction(tx, height, index)
+            if type(tx) is Update:  # the bulk of a ledger: skip the dispatch
+                self._update(tx, height, index)
+            else:
+                self._transaction(tx, height, index)
         self.blocks += 1
         self.transactions += len(block.transactions)
 
@@ -121,7 +127,7 @@ class _Checker:
         self.validators = dict(self.genesis.validators)
         self.clients = dict(self.genesis.clients)
 
-    def _certificate(self, block: Block) -> None:
+    def _certificate(self, block: Block, block_hash: bytes) -> None:
         height = block.height
         if block.header.proposer not in self.validators:
             raise LedgerIntegrityError(
@@ -129,7 +135,7 @@ class _Checker:
             )
         try:
             self.signatures += check_certificate(
-                block.hash, block.certificate, self.validators, verifier=self.verifier, strict=True
+                block_hash, block.certificate, self.validators, verifier=self.verifier, strict=True
             )
         except CertificateError as exc:
             raise LedgerIntegrityError(f"quorum certificate: {exc}", height=height) from exc
@@ -180,35 +186,33 @@ class _Checker:
         self.last_round = tx.round
 
     def _update(self, tx: Update, height: int, index: int) -> None:
-        def fail(message: str) -> LedgerIntegrityError:
-            return LedgerIntegrityError(
-                f"update of client {tx.client_id}: {message}", height=height, index=index
-            )
-
-        key = self.clients.get(tx.client_id)
+        client = tx.client_id
+        key = self.clients.get(client)
         if key is None:
-            raise fail("client not registered in Genesis")
-        current = self._need_open(tx.round, "update", height, index)
-        if tx.client_id not in current.sampled:
-            raise fail(f"client not sampled in round {current.number}")
-        nonce_key = (tx.client_id, tx.nonce)
-        if nonce_key in self.burned:
-            first = self.burned[nonce_key]
-            raise fail(f"nonce {tx.nonce.hex()} already used (block {first[0]}, tx {first[1]})")
-        if tx.client_id in current.updates:
-            raise fail(f"second update in round {current.number}")
+            raise _update_error(tx, "client not registered in Genesis", height, index)
+        current = self.open
+        if current is None or tx.round != current.number:
+            current = self._need_open(tx.round, "update", height, index)  # raises
+        if client not in current.sampled:
+            raise _update_error(tx, f"client not sampled in round {current.number}", height, index)
+        nonce_key = (client, tx.nonce)
+        first = self.burned.get(nonce_key)
+        if first is not None:
+            message = f"nonce {tx.nonce.hex()} already used (block {first[0]}, tx {first[1]})"
+            raise _update_error(tx, message, height, index)
+        if client in current.updates:
+            raise _update_error(tx, f"second update in round {current.number}", height, index)
         if tx.delta_digest == ZERO_HASH:
-            raise fail("no delta digest")
+            raise _update_error(tx, "no delta digest", height, index)
         assert self.genesis is not None  # block 0 is checked first
+        # update_signing_payload(tx, run_id), from the bytes tx was decoded from
+        payload = _update_signing_payload_from_encoding(*self.encoded[index], self.genesis.run_id)
         try:
-            self.verifier.verify(
-                key, update_signing_payload(tx, self.genesis.run_id), tx.signature, CTX_UPDATE
-            )
+            self.verifier.verify(key, payload, tx.signature, CTX_UPDATE)
         except SignatureError as exc:
-            raise fail(f"bad signature: {exc}") from exc
+            raise _update_error(tx, f"bad signature: {exc}", height, index) from exc
         self.signatures += 1
-        self.burned[nonce_key] = (height, index)
-        current.updates[tx.client_id] = (height, index)
+        self.burned[nonce_key] = current.updates[client] = (height, index)
 
     def _rejection(self, tx: Rejection, height: int, index: int) -> None:
         def fail(message: str) -> LedgerIntegrityError:
@@ -284,6 +288,12 @@ class _Checker:
             self._check_replays(self.open)
 
 
+def _update_error(tx: Update, message: str, height: int, index: int) -> LedgerIntegrityError:
+    return LedgerIntegrityError(
+        f"update of client {tx.client_id}: {message}", height=height, index=index
+    )
+
+
 def verify_ledger(
     path: str | os.PathLike[str], *, head: bytes | None = None, backend: str = "auto"
 ) -> VerifyReport:
@@ -295,7 +305,7 @@ def verify_ledger(
     verifier = Verifier(backend)
     checker = _Checker(verifier)
     with open_readonly(path) as store:
-        height, head_hash = verify_chain(store, check_block=checker)
+        height, head_hash = _verify_chain_encoded(store, checker)
     checker.finish()
     if head is not None and head_hash != head:
         raise LedgerIntegrityError(

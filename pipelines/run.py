@@ -205,6 +205,7 @@ class Federation:
         self.keeper, signing = None, None
         if config.ledger.enabled and ledger_path is not None:
             self.keeper, signing = self._start_ledger(run_id, ledger_path)
+        self.crypto_backend = None if signing is None else signing.backend
         self.pool = ClientPool.from_data(
             data,
             config.model,
@@ -295,6 +296,8 @@ def _round_loop(
     ledger_path = run_dir / "ledger.db"
     federation = Federation(config, data, run_id=tracker.run_id, ledger_path=ledger_path)
     save_checkpoint(run_dir, Checkpoint(round=0, weights=federation.weights))
+    if federation.crypto_backend is not None:
+        tracker.set_tags({"ledger.crypto_backend": federation.crypto_backend})
     history: list[RoundRecord] = []
     for t in range(config.federation.rounds):
         record = run_round(federation, tracker, run_dir, t)

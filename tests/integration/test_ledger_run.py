@@ -33,6 +33,7 @@ def test_run_records_ledger_metrics_tags_and_artifact(finished_run):
     run = client.get_run(summary.run_id)
     assert run.data.tags["ledger_head"] == summary.ledger_head
     assert run.data.tags["ledger_height"] == "6"  # genesis + 3 rounds x (open, close)
+    assert run.data.tags["ledger.crypto_backend"] in ("liboqs", "cryptography")
     accepted = client.get_metric_history(summary.run_id, "accepted_updates")
     assert sorted(m.value for m in accepted) == [6.0, 6.0, 6.0]
     rejected = client.get_metric_history(summary.run_id, "rejected_updates")
