@@ -9,7 +9,7 @@ checkpoint); the bare round submits the same `train` calls round-robin to the
 same actors, gathers them with one `ray.get` and applies FedAvg in the driver.
 Rounds alternate between the two so that both see the same machine state.
 
-    python benchmarks/round_overhead.py [--rounds 20] [--clients 100]
+    python benchmarks/round_overhead.py [--rounds 20] [--clients 100] [--no-ledger]
 
 The last line is `F1 <ratio>` (median qfl round / median bare round; target <= 1.25).
 """
@@ -52,6 +52,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--no-ledger", action="store_true", help="measure without the signed ledger"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="qfl-bench-"))
     config = load_config(
@@ -62,6 +65,7 @@ def main() -> None:
             "data.partition=iid",
             "train.epochs=1",
             f"output.runs_dir={workdir / 'runs'}",
+            f"ledger.enabled={'false' if args.no_ledger else 'true'}",
         ],
     )
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
@@ -85,6 +89,7 @@ def main() -> None:
     ray.shutdown()
     qfl_med, bare_med = statistics.median(qfl_times), statistics.median(bare_times)
     print(f"clients per round      {args.clients}")
+    print(f"ledger                 {'off' if args.no_ledger else 'on (4 validators)'}")
     print(f"rounds measured        {args.rounds} (after {args.warmup} warm-up)")
     print(f"qfl round  median      {qfl_med * 1000:.1f} ms")
     print(f"bare round median      {bare_med * 1000:.1f} ms")

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final
+from typing import Final, get_args
 
 import numpy as np
 
@@ -74,16 +74,8 @@ __all__ = [
     "update_signature_check",
 ]
 
-RULE_ORDER: Final[tuple[str, ...]] = (
-    "unregistered",
-    "not_sampled",
-    "wrong_round",
-    "replayed_nonce",
-    "bad_signature",
-    "shape_mismatch",
-    "non_finite",
-    "norm_bound",
-)
+# The order in which `Contract.check` applies the rules: the Rejection literal's order.
+RULE_ORDER: Final[tuple[str, ...]] = get_args(RejectionRule)
 # Rules checked after the update was authenticated: such a rejection burns the nonce.
 AUTHENTICATED_RULES: Final = frozenset({"shape_mismatch", "non_finite", "norm_bound"})
 
