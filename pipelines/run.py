@@ -1,10 +1,13 @@
-"""The round loop: sample, dispatch, aggregate, evaluate, track, checkpoint.
+"""The round loop: sample, dispatch, validate, aggregate, evaluate, record, checkpoint.
 
-One round, as data (DESIGN.md): the driver holds w_t; it puts w_t in the
-object store once; the client pool trains the sampled clients on its runner
-actors; the aggregator actor combines their updates into w_{t+1}; the driver
-evaluates w_{t+1} on the held-out test set, logs the round to MLflow and
-writes a checkpoint to runs/<run_id>/.
+One round, as data (DESIGN.md): the driver holds w_t; the ledger keeper
+certifies a RoundOpen block whose randomness beacon samples the clients; the
+driver puts w_t in the object store once; the client pool trains and signs
+the sampled clients' updates on its runner actors; the keeper's contract
+admits or rejects each update; the aggregator actor combines the accepted
+ones into w_{t+1}; the driver evaluates w_{t+1} on the held-out test set; the
+keeper certifies the round's updates, rejections and RoundClose; the driver
+logs the round to MLflow and writes a checkpoint to runs/<run_id>/.
 """
 
 from __future__ import annotations
