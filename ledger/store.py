@@ -501,7 +501,11 @@ def _integrity(
     *,
     height: int | None = None,
     index: int | None = None,
-    errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError, ValidationError),
+    errors: tuple[type[Exception], ...] = (
+        sqlite3.DatabaseError,
+        ValidationError,
+        UnicodeDecodeError,  # sqlite's message about a corrupt schema may not be UTF-8
+    ),
 ) -> Iterator[None]:
     """Turn `errors` into `LedgerIntegrityError` (adding the location to one without)."""
     try:
