@@ -8,6 +8,7 @@ copies per runner; a client's local data is sliced only while it trains.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import time
 from collections.abc import Sequence
@@ -18,9 +19,12 @@ from federated.data import FederatedData
 from federated.messages import ClientTask, ClientUpdate
 from federated.models import ModelConfig, build_model, has_quantum_layer, reseed
 from federated.train import LocalResult, TrainConfig, local_train
-from ledger.keeper import SigningSpec, sign_update, update_nonce
+from ledger.crypto import Signer
+from ledger.keeper import SigningSpec, client_signer, sign_update, update_nonce
 from ledger.records import Update
 from qfl.errors import TrainingError
+
+SIGNER_CACHE = 4096  # ML-DSA-65 signers kept per runner (a few KB each)
 
 
 class ClientRunner:
@@ -37,6 +41,8 @@ class ClientRunner:
     ):
         self._data = data
         self._signing = signing
+        # keygen costs more than a signature: keep the signers of recently seen clients
+        self._signer = functools.lru_cache(maxsize=SIGNER_CACHE)(self._derive_signer)
         self._train = train
         self._prox_mu = prox_mu
         self._model = build_model(
@@ -82,7 +88,12 @@ class ClientRunner:
             path="quantum" if has_quantum_layer(self._model) else "classical",
             metrics={"loss": result.loss},
             backend=spec.backend,
+            signer=self._signer(task.client_id),
         )
+
+    def _derive_signer(self, client_id: int) -> Signer:
+        spec = self._signing
+        return client_signer(spec.master_secret, client_id, spec.backend)
 
 
 def balance(costs: Sequence[float], workers: int) -> list[int]:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.consensus import Consensus, Validator, beacon_seed
 from ledger.contract import Contract, update_signature_check
-from ledger.crypto import CTX_UPDATE, Verifier, resolve_backend, signer_from_seed
+from ledger.crypto import CTX_UPDATE, Signer, Verifier, resolve_backend, signer_from_seed
 from ledger.encoding import digest, domain_digest, to_micro, weights_digest
 from ledger.keys import derive_seed
 from ledger.records import (
@@ -116,10 +116,7 @@ def _randomness(kind: str, seed: int) -> Callable[[int], bytes]:
 
 def client_public_keys(master: bytes, n_clients: int, backend: str) -> dict[int, bytes]:
     """The registry: each client's ML-DSA-65 public key, derived from the master secret."""
-    return {
-        k: signer_from_seed(derive_seed(master, "client", k), backend=backend).public_key
-        for k in range(n_clients)
-    }
+    return {k: client_signer(master, k, backend).public_key for k in range(n_clients)}
 
 
 class LedgerKeeper:
@@ -261,8 +258,12 @@ def sign_update(
     path: Literal["classical", "quantum", "fallback"],
     metrics: dict[str, float],
     backend: str,
+    signer: Signer | None = None,
 ) -> Update:
-    """The client's signed Update record for `delta` (ML-DSA-65, context qfl/update/v1)."""
+    """The client's signed Update record for `delta` (ML-DSA-65, context qfl/update/v1).
+
+    `signer` is the client's (from `client_signer`); pass a cached one to skip keygen.
+    """
     unsigned = UnsignedUpdate(
         client_id=client_id,
         round=round_,
@@ -272,5 +273,10 @@ def sign_update(
         path=path,
         metrics={k: to_micro(v) for k, v in metrics.items() if np.isfinite(v)},
     )
-    signer = signer_from_seed(derive_seed(master_secret, "client", client_id), backend=backend)
+    signer = signer or client_signer(master_secret, client_id, backend)
     return unsigned.signed(signer.sign(update_signing_payload(unsigned, run_id), CTX_UPDATE))
+
+
+def client_signer(master_secret: bytes, client_id: int, backend: str) -> Signer:
+    """Client `client_id`'s ML-DSA-65 signer, derived from the run's master secret."""
+    return signer_from_seed(derive_seed(master_secret, "client", client_id), backend=backend)

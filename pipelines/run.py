@@ -209,6 +209,8 @@ class Federation:
         if config.ledger.enabled and ledger_path is not None:
             self.keeper, signing = self._start_ledger(run_id, ledger_path)
         self.crypto_backend = None if signing is None else signing.backend
+        self._closing: ray.ObjectRef | None = None  # the previous round's closing block
+        self._open_height = -1
         self.pool = ClientPool.from_data(
             data,
             config.model,
@@ -243,7 +245,9 @@ class Federation:
         """Round t's clients: from the ledger's beacon when there is a ledger, else the seed."""
         fed = self.config.federation
         if self.keeper is not None:
+            self.settle()
             plan = ray.get(self.keeper.open_round.remote(t, fed.clients, fed.per_round))
+            self._open_height = plan.height
             return list(plan.sampled)
         return sample_clients(fed.clients, fed.per_round, round_rng(self.config.seed, t))
 
@@ -274,15 +278,24 @@ class Federation:
             t + 1, self.model, self.weights, self.data, result, len(tasks), round_start, ledger
         )
         if self.keeper is not None:
+            # Certified in the background while the driver logs and checkpoints; the next
+            # round (or close_ledger) waits for it and surfaces its errors.
             metrics = {"test_accuracy": record.test_accuracy, "test_loss": record.test_loss}
-            height = ray.get(self.keeper.close_round.remote(t, self.weights, metrics))
-            record = record.model_copy(update={"ledger_height": height})
+            self._closing = self.keeper.close_round.remote(t, self.weights, metrics)
+            record = record.model_copy(update={"ledger_height": self._open_height + 1})
         return record, result
+
+    def settle(self) -> None:
+        """Wait for the previous round's closing block (raises its error, if any)."""
+        if self._closing is not None:
+            ray.get(self._closing)
+            self._closing = None
 
     def close_ledger(self) -> tuple[int, bytes] | None:
         """Close the ledger file; returns its head (height, hash)."""
         if self.keeper is None:
             return None
+        self.settle()
         head = ray.get(self.keeper.head.remote())
         ray.get(self.keeper.close.remote())
         return head
