@@ -20,9 +20,11 @@ A failed check raises `SignatureError`; `verify` never returns a bool.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import functools
+import hashlib
 import logging
 import os
 import platform
@@ -376,14 +378,20 @@ class Verifier:
     """Verifies ML-DSA-65 signatures in bulk with one backend, resolved once.
 
     Parsed public keys (cryptography) and the liboqs handle are reused across calls.
+    With `cache_size > 0` it remembers the last `cache_size` signatures that VERIFIED
+    (keyed by a SHA3-256 of key, context, message and signature; ML-DSA verification
+    is deterministic, so a repeat gives the same answer): co-located validators that
+    re-check the same update then pay for one verification. Failures are not cached.
     """
 
-    def __init__(self, backend: str = "auto") -> None:
+    def __init__(self, backend: str = "auto", *, cache_size: int = 0) -> None:
         self.backend_name = resolve_backend(backend)
         if self.backend_name == "liboqs":
             self._check = _liboqs_check(_load_oqs())
         else:
             self._check = _cryptography_check
+        self._cache_size = cache_size
+        self._verified: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     def verify(self, public_key: bytes, message: bytes, signature: bytes, context: bytes) -> None:
         """Return None if `signature` is valid for (`message`, `context`); else SignatureError."""
@@ -396,8 +404,26 @@ class Verifier:
             raise SignatureError(
                 f"{ALGORITHM} signature has {len(signature)} bytes, not {SIGNATURE_BYTES}"
             )
+        key = None
+        if self._cache_size:
+            key = _cache_key(public_key, message, signature, context)
+            if key in self._verified:
+                self._verified.move_to_end(key)
+                return
         if not self._check(bytes(public_key), message, bytes(signature), context):
             raise SignatureError(f"{ALGORITHM} signature does not verify under context {context!r}")
+        if key is not None:
+            self._verified[key] = None
+            if len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+
+
+def _cache_key(public_key: bytes, message: bytes, signature: bytes, context: bytes) -> bytes:
+    h = hashlib.sha3_256()
+    for part in (public_key, context, message, signature):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()
 
 
 @functools.cache

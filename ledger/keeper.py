@@ -143,7 +143,9 @@ class LedgerKeeper:
             for i in range(config.validators)
         ]
         keys = {i: s.public_key for i, s in enumerate(signers)}
-        self.verifier = Verifier(self.backend)
+        # shared by the contract and the in-process validators: each signature is
+        # checked once however many of them re-check it
+        self.verifier = Verifier(self.backend, cache_size=65536)
         self.validators = [
             Validator(i, s, keys, _randomness(config.qrng, seed + i), verifier=self.verifier)
             for i, s in enumerate(signers)

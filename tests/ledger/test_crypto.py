@@ -395,3 +395,26 @@ def test_unloadable_liboqs_is_unavailable_and_oqs_is_never_imported(tmp_path: Pa
     assert out["auto"] == "cryptography"
     assert "cannot be loaded" in out["error"]
     assert out["oqs_imported"] is False
+
+
+@pytest.mark.parametrize("backend", ["cryptography"])
+def test_verification_cache_remembers_only_valid_signatures(backend):
+    signer = signer_from_seed(bytes(range(32)), backend=backend)
+    signature = signer.sign(b"message", CTX_UPDATE)
+    verifier = Verifier(backend, cache_size=2)
+    verifier.verify(signer.public_key, b"message", signature, CTX_UPDATE)
+    verifier.verify(signer.public_key, b"message", signature, CTX_UPDATE)  # cached
+    assert len(verifier._verified) == 1
+    bad = bytearray(signature)
+    bad[10] ^= 1
+    for _ in range(2):  # a failure is never cached: it fails every time
+        with pytest.raises(SignatureError):
+            verifier.verify(signer.public_key, b"message", bytes(bad), CTX_UPDATE)
+    with pytest.raises(SignatureError):  # the cache key binds the context too
+        verifier.verify(signer.public_key, b"message", signature, CTX_BLOCK)
+    assert len(verifier._verified) == 1
+    for i in range(3):  # bounded
+        verifier.verify(
+            signer.public_key, b"m%d" % i, signer.sign(b"m%d" % i, CTX_UPDATE), CTX_UPDATE
+        )
+    assert len(verifier._verified) == 2
