@@ -411,6 +411,24 @@ def _decode_dict_fast(
     return _decode_entries(data, pos, depth, count, marks)
 
 
+def _entry_value(data: bytes, pos: int, depth: int, size: int) -> tuple[Any, int]:
+    """A dict entry's value at `pos` (scalars inline, the rest by `_decode_fast`), and its end."""
+    tag = data[pos]
+    if tag in (_Y, _I, _S):
+        end = pos + 5 + _unpack_u32(data, pos + 1)[0]
+        if end > size:
+            raise _NotFast
+        if tag == _Y:
+            return data[pos + 5 : end], end
+        if tag == _S:
+            return data[pos + 5 : end].decode("utf-8"), end
+        value = int.from_bytes(data[pos + 5 : end], "big", signed=True)
+        if end - pos - 5 != _int_canonical_len(value):
+            raise _NotFast
+        return value, end
+    return _decode_fast(data, pos, depth)
+
+
 def _decode_shaped(
     data: bytes, pos: int, depth: int, shape: _Shape, marks: list[int] | None
 ) -> tuple[dict[Any, Any], int] | None:
@@ -423,28 +441,7 @@ def _decode_shaped(
             return None
         starts.append(pos)
         pos += length
-        tag = data[pos]
-        if tag == _Y:
-            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
-            if end > size:
-                raise _NotFast
-            result[key] = data[pos + 5 : end]
-        elif tag == _I:
-            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
-            if end > size:
-                raise _NotFast
-            value = int.from_bytes(data[pos + 5 : end], "big", signed=True)
-            if end - pos - 5 != (value and ((value + (value < 0)).bit_length() >> 3) + 1):
-                raise _NotFast
-            result[key] = value
-        elif tag == _S:
-            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
-            if end > size:
-                raise _NotFast
-            result[key] = data[pos + 5 : end].decode("utf-8")
-        else:
-            result[key], end = _decode_fast(data, pos, depth)
-        pos = end
+        result[key], pos = _entry_value(data, pos, depth, size)
     if marks is not None:
         marks += starts
         marks.append(pos)
@@ -482,28 +479,7 @@ def _decode_entries(
                 shape.append((encoded_key, key, pos - start))
             else:
                 shape = None
-        tag = data[pos]
-        if tag == _Y:
-            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
-            if end > size:
-                raise _NotFast
-            result[key] = data[pos + 5 : end]
-        elif tag == _I:
-            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
-            if end > size:
-                raise _NotFast
-            value = int.from_bytes(data[pos + 5 : end], "big", signed=True)
-            if end - pos - 5 != _int_canonical_len(value):
-                raise _NotFast
-            result[key] = value
-        elif tag == _S:
-            end = pos + 5 + _unpack_u32(data, pos + 1)[0]
-            if end > size:
-                raise _NotFast
-            result[key] = data[pos + 5 : end].decode("utf-8")
-        else:
-            result[key], end = _decode_fast(data, pos, depth)
-        pos = end
+        result[key], pos = _entry_value(data, pos, depth, size)
     if marks is not None:
         marks.append(pos)
     if shape and _shape_count < _SHAPES_MAX:
