@@ -90,13 +90,26 @@ class ClientPool:
 
 
 def _collect(done: list[tuple[ClientTask, ray.ObjectRef]], failures: list[ClientFailure]):
+    """Fetch the finished tasks' updates in one call; on any error, one by one.
+
+    A single `ray.get` over all refs costs one round trip instead of one per client; when
+    it raises (a client's task failed, an actor died), the per-ref pass finds which.
+    """
     result = RoundResult(failures=failures)
-    for task, ref in sorted(done, key=lambda item: item[0].client_id):
-        try:
-            update = ray.get(ref, timeout=60)
-        except (RayTaskError, RayActorError, GetTimeoutError) as exc:
-            result.failures.append(_failure(task, _reason(exc)))
-            continue
+    done = sorted(done, key=lambda item: item[0].client_id)
+    try:
+        updates = ray.get([ref for _, ref in done], timeout=60)
+    except (RayTaskError, RayActorError, GetTimeoutError):
+        updates = None
+    for i, (task, ref) in enumerate(done):
+        if updates is not None:
+            update = updates[i]
+        else:
+            try:
+                update = ray.get(ref, timeout=60)
+            except (RayTaskError, RayActorError, GetTimeoutError) as exc:
+                result.failures.append(_failure(task, _reason(exc)))
+                continue
         result.updates.append(update)
         result.refs.append(ref)
     result.failures.sort(key=lambda f: f.client_id)

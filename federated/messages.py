@@ -8,10 +8,12 @@ exception that tears the round down.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ledger.records import Update
+from ledger.records import Update, UpdatePath
 
 
 class ClientTask(BaseModel):
@@ -22,6 +24,8 @@ class ClientTask(BaseModel):
     client_id: int = Field(ge=0)
     round: int = Field(ge=0)
     seed: int = Field(ge=0)
+    path: Literal["classical", "quantum"] = "classical"  # the scheduler's assignment (Eq. 9)
+    resource: str | None = None  # the quantum resource a quantum task runs on
 
 
 class ClientUpdate(BaseModel):
@@ -37,6 +41,9 @@ class ClientUpdate(BaseModel):
     seconds: float = Field(ge=0.0)
     record: Update | None = None  # the signed ledger record of this update
     sign_seconds: float = Field(0.0, ge=0.0)
+    path: UpdatePath = "classical"  # where it was computed; "fallback": quantum job failed
+    fallback_reason: str | None = None  # why a quantum task ran classically
+    noise_variance: float = Field(0.0, ge=0.0)  # est. per-parameter variance of quantum noise
 
     @property
     def nbytes(self) -> int:

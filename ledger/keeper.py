@@ -1,13 +1,18 @@
 """The ledger of one run: genesis, round blocks, validated updates (pure; actors wrap it).
 
-Per round the keeper writes two certified blocks:
+Per round the keeper writes one certified block (the first round has one more):
 
-1. `open_round`: a RoundOpen whose sampled clients are drawn from the height's
-   randomness beacon (validators' QRNG values, commit-reveal), so anyone can
-   re-derive who was picked; the keeper's contract opens the round.
+1. `open_round` (round 0, or a resumed run): a RoundOpen whose sampled clients are
+   drawn from the height's randomness beacon (validators' QRNG values,
+   commit-reveal), so anyone can re-derive who was picked; the keeper's contract
+   opens the round.
 2. `close_round`: the round's Update records the contract accepted, a Rejection
-   for every update it refused (with the rule), Fallback events, and a RoundClose
-   with the aggregate weights digest and the round's metrics.
+   for every update it refused (with the rule), Fallback events, a RoundClose with
+   the aggregate weights digest and the round's metrics, and, unless it is the
+   last round, the next round's RoundOpen, sampled from this height's beacon.
+   Closing a round and opening the next in one height saves a consensus height
+   (commit, reveal, proposal, votes) per round; the beacon is still drawn after
+   every update of the closing round is fixed, so it is no more predictable.
 
 Blocks go through `ledger.consensus.Consensus` (3f+1 validators, quorum
 certificates) and are appended to the SQLite store. Keys come from the run's
@@ -78,6 +83,32 @@ class RoundPlan(BaseModel):
     sampled: tuple[int, ...]
     beacon: bytes
     height: int
+    plan: dict[int, str] = {}  # client id -> "classical" | "quantum"
+
+
+class Opening(BaseModel):
+    """The round to open at a height: `sample(n, k, rng)` picks clients from its beacon.
+
+    `assign(sampled)` gives each sampled client its path (the scheduler's plan, Eq. 9);
+    without it every client is assigned classical.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    round: int = Field(ge=0)
+    n_clients: int = Field(ge=1)
+    per_round: int = Field(ge=1)
+    sample: Callable
+    assign: Callable | None = None
+
+
+class RoundClosed(BaseModel):
+    """A round's closing block: its height, and the next round's plan when it opened one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    height: int
+    next: RoundPlan | None = None
 
 
 class RoundLedgerStats(BaseModel):
@@ -194,21 +225,37 @@ class LedgerKeeper:
             validator.forget_below(height)
         return height, decision
 
+    def _opening_transaction(self, opening: Opening, beacon) -> RoundOpen:
+        rng = np.random.default_rng(beacon_seed(beacon))
+        sampled = tuple(sorted(opening.sample(opening.n_clients, opening.per_round, rng)))
+        plan = (
+            opening.assign(sampled)
+            if opening.assign is not None
+            else dict.fromkeys(sampled, "classical")
+        )
+        return RoundOpen(round=opening.round, beacon=beacon.value, sampled=sampled, plan=plan)
+
+    def _opened(self, opened: RoundOpen, height: int) -> RoundPlan:
+        self.contract.open_round(opened.round, opened.sampled)
+        return RoundPlan(
+            round=opened.round,
+            sampled=opened.sampled,
+            beacon=opened.beacon,
+            height=height,
+            plan=opened.plan,
+        )
+
     def open_round(
-        self, round_: int, n_clients: int, per_round: int, sample: Callable
+        self, round_: int, n_clients: int, per_round: int, sample: Callable, assign=None
     ) -> RoundPlan:
-        """Certify round `round_`'s RoundOpen; `sample(n, k, rng)` picks from the beacon."""
-
-        def transactions(beacon) -> list[Transaction]:
-            rng = np.random.default_rng(beacon_seed(beacon))
-            sampled = tuple(sample(n_clients, per_round, rng))
-            plan = dict.fromkeys(sampled, "classical")
-            return [RoundOpen(round=round_, beacon=beacon.value, sampled=sampled, plan=plan)]
-
-        height, decision = self._commit(transactions, round_)
-        opened = decision.block.transactions[0]
-        self.contract.open_round(round_, opened.sampled)
-        return RoundPlan(round=round_, sampled=opened.sampled, beacon=opened.beacon, height=height)
+        """Certify round `round_`'s RoundOpen alone (the first round, or after a resume)."""
+        opening = Opening(
+            round=round_, n_clients=n_clients, per_round=per_round, sample=sample, assign=assign
+        )
+        height, decision = self._commit(
+            lambda beacon: [self._opening_transaction(opening, beacon)], round_
+        )
+        return self._opened(decision.block.transactions[0], height)
 
     def admit(
         self, updates: Sequence[tuple[Update, np.ndarray]]
@@ -225,8 +272,10 @@ class LedgerKeeper:
         aggregate: np.ndarray,
         metrics: dict[str, float],
         fallbacks: Sequence[Fallback] = (),
-    ) -> int:
-        """Certify the round's updates, rejections, fallbacks and RoundClose; returns height."""
+        opening: Opening | None = None,
+    ) -> RoundClosed:
+        """Certify the round's updates, rejections, fallbacks and RoundClose, and open
+        `opening`'s round in the same block when given."""
         accepted = tuple(sorted(tx.client_id for tx in self._pending if isinstance(tx, Update)))
         close = RoundClose(
             round=round_,
@@ -234,9 +283,19 @@ class LedgerKeeper:
             accepted=accepted,
             metrics={k: to_micro(v) for k, v in metrics.items() if np.isfinite(v)},
         )
-        height, _ = self._commit([*self._pending, *fallbacks, close], round_)
+        closing = [*self._pending, *fallbacks, close]
+
+        def transactions(beacon) -> list[Transaction]:
+            if opening is None:
+                return closing
+            return [*closing, self._opening_transaction(opening, beacon)]
+
+        height, decision = self._commit(transactions, round_)
         self._pending = []
-        return height
+        if opening is None:
+            return RoundClosed(height=height)
+        opened = self._opened(decision.block.transactions[-1], height)
+        return RoundClosed(height=height, next=opened)
 
     def close(self) -> None:
         self.store.close()

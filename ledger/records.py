@@ -13,13 +13,14 @@ Signatures and public keys are opaque bytes here: checking them is `ledger.crypt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Final, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     Strict,
     StrictInt,
     TypeAdapter,
@@ -71,9 +72,34 @@ IndexedKey = tuple[NonNegInt, KeyBytes]
 
 
 class _Record(BaseModel):
+    """A frozen ledger record that remembers its canonical encoding once computed.
+
+    Records are immutable, so `encode_tx` computes a transaction's bytes once and keeps
+    them on the object (`_encoding`), and `decode_tx` keeps the canonical bytes it was
+    given; a block's validators, its Merkle root and the store then reuse them.
+    `model_copy(update=...)` returns a record with other fields, so it drops the memo.
+    Equality compares fields only, as for any pydantic model, never the memo.
+    """
+
     model_config = ConfigDict(
         frozen=True, extra="forbid", ser_json_bytes="hex", val_json_bytes="hex"
     )
+    _encoding: bytes | None = PrivateAttr(default=None)
+    _entries: tuple[int, ...] | None = PrivateAttr(default=None)  # dict entry offsets in it
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False):
+        copy = super().model_copy(update=update, deep=deep)
+        if update:
+            copy._encoding = copy._entries = None
+        return copy
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash((type(self), *self.__dict__.values()))
 
 
 def _strictly_increasing(values: Sequence[int], what: str) -> None:
@@ -245,7 +271,11 @@ def encode_tx(tx: Transaction) -> bytes:
     """The canonical bytes of a transaction (the Merkle leaf and the store's body)."""
     if not isinstance(tx, TX_TYPES):
         raise TypeError(f"not a ledger transaction: {type(tx).__name__}")
-    return encode_value(tx)
+    encoded = tx._encoding
+    if encoded is None:
+        encoded = encode_value(tx)
+        tx._encoding = encoded
+    return encoded
 
 
 def decode_tx(data: bytes) -> Transaction:
@@ -278,6 +308,8 @@ def _decode_tx(data: bytes) -> tuple[Transaction, list[int]]:
     # `value`, so it is tx's exactly when tx's fields encode as `value` does
     if not same_encoding(_field_values(tx), value):
         raise LedgerIntegrityError("transaction bytes are not its canonical encoding")
+    tx._encoding = bytes(data)
+    tx._entries = tuple(entries)
     return tx, entries
 
 
@@ -299,6 +331,9 @@ def update_signing_payload(update: UnsignedUpdate | Update, run_id: str) -> byte
     """
     if not isinstance(run_id, str) or not run_id:
         raise ValueError("run_id must be a non-empty string")
+    if type(update) is Update and update._entries is not None and update._encoding is not None:
+        # decoded from its canonical bytes: slice the signed fields out of them
+        return _update_signing_payload_from_encoding(update._encoding, update._entries, run_id)
     values = update.__dict__
     if type(update) in _PLAIN_UPDATES and all(name in values for name in _UPDATE_SIGNED_FIELDS):
         fields = {name: values[name] for name in _UPDATE_SIGNED_FIELDS}

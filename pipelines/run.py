@@ -30,7 +30,7 @@ from federated.messages import ClientTask
 from federated.models import build_model, get_flat, set_flat, weights_hash
 from federated.sampling import client_seed, round_rng, sample_clients
 from federated.train import evaluate
-from ledger.keeper import SigningSpec
+from ledger.keeper import RoundClosed, RoundPlan, SigningSpec
 from ledger.keys import master_secret_from_run_seed
 from pipelines.checkpoint import Checkpoint, append_round, save_checkpoint
 from pipelines.config import ExperimentConfig, RayConfig, dump_config
@@ -211,6 +211,7 @@ class Federation:
         self.crypto_backend = None if signing is None else signing.backend
         self._closing: ray.ObjectRef | None = None  # the previous round's closing block
         self._open_height = -1
+        self._next_plan: RoundPlan | None = None  # the round the last closing block opened
         self.pool = ClientPool.from_data(
             data,
             config.model,
@@ -242,21 +243,28 @@ class Federation:
         return keeper, SigningSpec(run_id=run_id, master_secret=master, backend=backend)
 
     def sample(self, t: int) -> list[int]:
-        """Round t's clients: from the ledger's beacon when there is a ledger, else the seed."""
+        """Round t's clients: from the ledger's beacon when there is a ledger, else the seed.
+
+        With a ledger, round t was opened in round t-1's closing block; the first round
+        (or the first after a resume) gets a RoundOpen block of its own.
+        """
         fed = self.config.federation
-        if self.keeper is not None:
-            self.settle()
+        if self.keeper is None:
+            return sample_clients(fed.clients, fed.per_round, round_rng(self.config.seed, t))
+        self.settle()
+        if self._next_plan is not None and self._next_plan.round == t:
+            plan = self._next_plan
+        else:
             plan = ray.get(self.keeper.open_round.remote(t, fed.clients, fed.per_round))
-            self._open_height = plan.height
-            return list(plan.sampled)
-        return sample_clients(fed.clients, fed.per_round, round_rng(self.config.seed, t))
+        self._open_height = plan.height
+        return list(plan.sampled)
 
     def tasks(self, t: int, clients: list[int]) -> list[ClientTask]:
         """Each client of round t with its derived local seed."""
         seed = self.config.seed
         return [ClientTask(client_id=k, round=t, seed=client_seed(seed, t, k)) for k in clients]
 
-    def step(self, t: int) -> tuple[RoundRecord, RoundResult]:
+    def step(self, t: int, *, last: bool = False) -> tuple[RoundRecord, RoundResult]:
         """Run round t (0-based): sample, dispatch, validate, aggregate, evaluate, record."""
         round_start = time.perf_counter()
         tasks = self.tasks(t, self.sample(t))
@@ -266,7 +274,9 @@ class Federation:
         ledger = LedgerRound()
         refs = result.refs
         if self.keeper is not None and refs:
-            accepted, rejections, ledger.verify_seconds = ray.get(self.keeper.admit.remote(*refs))
+            # one batch object: resolving a hundred refs one by one costs more than the checks
+            admitted = self.keeper.admit.remote(result.updates)
+            accepted, rejections, ledger.verify_seconds = ray.get(admitted)
             keep = set(accepted)
             refs = [r for r, u in zip(refs, result.updates, strict=True) if u.client_id in keep]
             ledger.rejected = len(rejections)
@@ -280,16 +290,23 @@ class Federation:
         if self.keeper is not None:
             # Certified in the background while the driver logs and checkpoints; the next
             # round (or close_ledger) waits for it and surfaces its errors.
+            # Unless this is the last round, the closing block also opens round t+1.
             metrics = {"test_accuracy": record.test_accuracy, "test_loss": record.test_loss}
-            self._closing = self.keeper.close_round.remote(t, self.weights, metrics)
+            fed = self.config.federation
+            following = None if last else (t + 1, fed.clients, fed.per_round)
+            self._closing = self.keeper.close_round.remote(
+                t, self.weights, metrics, next_round=following
+            )
             record = record.model_copy(update={"ledger_height": self._open_height + 1})
         return record, result
 
     def settle(self) -> None:
         """Wait for the previous round's closing block (raises its error, if any)."""
-        if self._closing is not None:
-            ray.get(self._closing)
-            self._closing = None
+        if self._closing is None:
+            return
+        closing, self._closing = self._closing, None
+        closed: RoundClosed = ray.get(closing)
+        self._next_plan = closed.next
 
     def close_ledger(self) -> tuple[int, bytes] | None:
         """Close the ledger file; returns its head (height, hash)."""
@@ -316,7 +333,8 @@ def _round_loop(
         tracker.set_tags({"ledger.crypto_backend": federation.crypto_backend})
     history: list[RoundRecord] = []
     for t in range(config.federation.rounds):
-        record = run_round(federation, tracker, run_dir, t)
+        last = t == config.federation.rounds - 1
+        record = run_round(federation, tracker, run_dir, t, last=last)
         history.append(record)
         observer.on_round(record)
     wall = time.perf_counter() - start
@@ -343,9 +361,11 @@ def _round_loop(
     )
 
 
-def run_round(federation: Federation, tracker: Tracker, run_dir: Path, t: int) -> RoundRecord:
+def run_round(
+    federation: Federation, tracker: Tracker, run_dir: Path, t: int, *, last: bool = False
+) -> RoundRecord:
     """One committed round: step, log to MLflow and rounds.jsonl, checkpoint."""
-    record, result = federation.step(t)
+    record, result = federation.step(t, last=last)
     tracker.log_metrics(record.round, record.metrics(), int(time.time() * 1000))
     failures = [f.model_dump() for f in result.failures]
     append_round(run_dir, {**record.model_dump(), "failures": failures})

@@ -2,7 +2,10 @@
 
 Uses `MlflowClient` with an explicit run id (no fluent, process-global active
 run), so several runs can be tracked from one process and nothing leaks
-between them.
+between them. Round metrics are logged with MLflow's asynchronous logging
+(`log_batch(synchronous=False)`), so a round does not wait for the tracking
+store; `flush()` waits for every pending batch and raises the first failure,
+and `end()` flushes before it marks the run terminated.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.async_logging.run_operations import RunOperations
 
 from qfl.errors import RunError
 
@@ -47,6 +51,7 @@ class Tracker:
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
+        self._pending: list[RunOperations] = []
 
     @classmethod
     def start(
@@ -70,9 +75,25 @@ class Tracker:
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
 
-    def log_metrics(self, step: int, metrics: Mapping[str, float], timestamp_ms: int) -> None:
+    def log_metrics(
+        self, step: int, metrics: Mapping[str, float], timestamp_ms: int, *, wait: bool = False
+    ) -> None:
+        """Log one step's metrics in the background (`wait=True`: before returning)."""
         batch = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        operation = self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        if operation is not None:
+            self._pending.append(operation)
+        if wait:
+            self.flush()
+
+    def flush(self) -> None:
+        """Wait until every metric logged so far is in the tracking store."""
+        pending, self._pending = self._pending, []
+        try:
+            for operation in pending:
+                operation.wait()
+        except MlflowException as exc:
+            raise RunError(f"MLflow could not record metrics of run {self.run_id}: {exc}") from exc
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -81,6 +102,12 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
+        """Flush pending metrics, then mark the run terminated with `status` (FAILED if lost)."""
+        try:
+            self.flush()
+        except RunError:
+            self.client.set_terminated(self.run_id, status="FAILED")
+            raise
         self.client.set_terminated(self.run_id, status=status)
 
 

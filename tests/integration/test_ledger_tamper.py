@@ -64,7 +64,7 @@ def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ledger-tamper")
     config = load_config(
         QUICKSTART,
-        ["federation.rounds=3", "federation.clients_per_round=6", f"output.runs_dir={tmp}/runs"],
+        ["federation.rounds=5", "federation.clients_per_round=6", f"output.runs_dir={tmp}/runs"],
     )
     summary = run_experiment(config, tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
     return summary, tmp
@@ -171,8 +171,9 @@ def test_the_copy_is_self_contained_and_verifies(finished_run, pristine):
     summary, _ = finished_run
     assert _dump(pristine) == _dump(summary.ledger_path, mode="mode=ro")
     report = verify_ledger(pristine, head=bytes.fromhex(summary.ledger_head))
-    assert (report.height, report.blocks, report.transactions) == (6, 7, 25)
-    assert report.rounds_closed == 3
+    # genesis; round 0's open; rounds 0-3 close with the next open (6 updates + 2); round 4
+    assert (report.height, report.blocks, report.transactions) == (6, 7, 1 + 1 + 4 * 8 + 7)
+    assert report.rounds_closed == 5
 
 
 def test_a_tampering_still_in_the_wal_is_not_ignored(copy):
