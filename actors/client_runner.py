@@ -27,9 +27,10 @@ class ClientRunnerActor:
         torch_threads: int,
         quantum=None,
         signing: SigningSpec | None = None,
+        **options,
     ):
         torch.set_num_threads(torch_threads)
-        self._runner = ClientRunner(data, model, train, prox_mu, quantum, signing)
+        self._runner = ClientRunner(data, model, train, prox_mu, quantum, signing, **options)
 
     def train(self, weights: np.ndarray, task: ClientTask) -> ClientUpdate:
         return self._runner.run(task, weights)

@@ -48,11 +48,16 @@ class ClientPool:
         torch_threads: int = 1,
         quantum=None,
         signing: SigningSpec | None = None,
+        num_gpus: float = 0.0,
+        **runner_options,
     ):
+        """`runner_options` go to `ClientRunner` (attack, attackers, crosscheck, ...)."""
         self._data_ref = data_ref  # keep the shared dataset alive as long as the runners
-        options = ClientRunnerActor.options(num_cpus=num_cpus)
+        options = ClientRunnerActor.options(num_cpus=num_cpus, num_gpus=num_gpus)
         self.actors = [
-            options.remote(data_ref, model, train, prox_mu, torch_threads, quantum, signing)
+            options.remote(
+                data_ref, model, train, prox_mu, torch_threads, quantum, signing, **runner_options
+            )
             for _ in range(runners)
         ]
 

@@ -4,31 +4,78 @@ A runner holds the federated dataset (shared, read-only) and one model
 instance; `run(task, weights)` trains the task's client from the global
 weights. Thousands of registered clients therefore cost one model and no data
 copies per runner; a client's local data is sliced only while it trains.
+
+Paths (DESIGN.md, "The hybrid model"). A task's path is the scheduler's
+assignment (Eq. 9). On the classical path the model's quantum layer, if any, is
+evaluated by exact simulation (the runner's base model). On the quantum path it
+runs on the task's quantum resource (its executor, noise and shots, built once
+per resource state and cached). A quantum job that fails (the resource's
+simulated failure, an executor error), runs past its timeout, or fails the
+hybrid cross-check (`federated.crosscheck`: the update against the exact
+gradient and the exact probe loss) is recomputed classically and returned with
+``path="fallback"`` and the reason, which the ledger records.
 """
 
 from __future__ import annotations
 
 import functools
 import heapq
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
-from federated.data import FederatedData
+from federated.attacks import AttackConfig, attack_rng, corrupt_delta, poison_data
+from federated.crosscheck import CrossCheckConfig, cross_check
+from federated.data import ArrayDataset, FederatedData
 from federated.messages import ClientTask, ClientUpdate
-from federated.models import ModelConfig, build_model, has_quantum_layer, reseed
+from federated.models import ModelConfig, build_model, reseed, set_flat
 from federated.train import LocalResult, TrainConfig, local_train
 from ledger.crypto import Signer
 from ledger.keeper import SigningSpec, client_signer, sign_update, update_nonce
 from ledger.records import Update
-from qfl.errors import TrainingError
+from qfl.errors import QuantumError, TrainingError
+from quantum.layer import QuantumLayer
 
 SIGNER_CACHE = 4096  # ML-DSA-65 signers kept per runner (a few KB each)
+QUANTUM_MODELS = 4  # quantum-path models (one per resource state) kept per runner
+
+
+def update_noise_variance(shots: int | None, lr: float, steps: int, fidelity: float = 1.0) -> float:
+    """Per-parameter variance of the quantum noise in an update, relative to its signal.
+
+    A parameter-shift gradient entry is (E+ - E-) / 2 with each expectation estimated
+    from `shots` shots, Var(E) <= 1 / shots, so Var(g) <= 1 / (2 shots); plain SGD sums
+    `steps` independent such estimates times the learning rate, so
+    Var(Delta) <= lr^2 * steps / (2 shots). Device noise damps every expectation by the
+    circuit fidelity F (global-depolarizing approximation, as in Eq. 2's penalty) while
+    shot noise stays, so at equal signal the variance grows by 1 / F^2:
+
+        sigma^2 = lr^2 * steps / (2 * shots * F^2)
+
+    0 for exact simulation (`shots` None). An upper bound that ignores momentum; the
+    hybrid rule (Eq. 6-7) needs only its scale across clients.
+    """
+    if shots is None:
+        return 0.0
+    f = max(fidelity, 1e-6)
+    return lr * lr * steps / (2.0 * shots * f * f)
+
+
+def _fidelity(model: nn.Module) -> float:
+    """The circuit fidelity of the model's quantum layer on its noise model (1 if none)."""
+    for module in model.modules():
+        if isinstance(module, QuantumLayer):
+            return float(module.fidelity)
+    return 1.0
 
 
 class ClientRunner:
-    """Trains virtual clients of `data` with one reusable model."""
+    """Trains virtual clients of `data` with one reusable model per path."""
 
     def __init__(
         self,
@@ -38,6 +85,12 @@ class ClientRunner:
         prox_mu: float = 0.0,
         quantum=None,
         signing: SigningSpec | None = None,
+        *,
+        attack: AttackConfig | None = None,
+        attackers: frozenset[int] = frozenset(),
+        crosscheck: CrossCheckConfig | None = None,
+        quantum_timeout_s: float | None = None,
+        seed: int = 0,
     ):
         self._data = data
         self._signing = signing
@@ -45,37 +98,150 @@ class ClientRunner:
         self._signer = functools.lru_cache(maxsize=SIGNER_CACHE)(self._derive_signer)
         self._train = train
         self._prox_mu = prox_mu
-        self._model = build_model(
-            model, data.input_shape, data.num_classes, seed=0, quantum=quantum
+        self._model_config = model
+        self._attack = attack or AttackConfig()
+        self._attackers = frozenset(attackers)
+        self._crosscheck = crosscheck
+        self._timeout = quantum_timeout_s
+        self._seed = seed
+        self._model = self._build(quantum)
+        self._quantum_models: OrderedDict[object, nn.Module] = OrderedDict()
+
+    def _build(self, quantum) -> nn.Module:
+        data = self._data
+        return build_model(
+            self._model_config, data.input_shape, data.num_classes, seed=0, quantum=quantum
         )
 
     def run(self, task: ClientTask, weights: np.ndarray) -> ClientUpdate:
-        """Train client `task.client_id` from `weights`; return its update."""
+        """Train client `task.client_id` from `weights` on its path; return its update."""
         if not 0 <= task.client_id < len(self._data.client_indices):
             raise TrainingError(f"client {task.client_id} is not registered")
-        reseed(self._model, task.seed)
-        result = local_train(
-            self._model,
-            self._data.client(task.client_id),
-            weights,
-            self._train,
-            seed=task.seed,
-            prox_mu=self._prox_mu,
-        )
+        data = self._client_data(task.client_id)
+        path, reason, noise_variance = "classical", None, 0.0
+        if task.fallback is not None:  # planned quantum, but its resource was not available
+            path, reason = "fallback", task.fallback
+        result = None
+        if task.path == "quantum":
+            try:
+                result, noise_variance = self._quantum_update(task, data, weights)
+                path = "quantum"
+            except QuantumError as exc:
+                path, reason = "fallback", f"{type(exc).__name__}: {exc}"[:500]
+        if result is None:
+            result = self._local_train(self._model, task, data, weights)
+        gain = self._probe_gain(data, weights, result.delta) if task.probe else None
+        delta = result.delta
+        if task.client_id in self._attackers and self._attack.corrupts_update:
+            rng = attack_rng(task.seed)
+            delta = corrupt_delta(delta, self._attack, rng)
         start = time.perf_counter()
-        record = None if self._signing is None else self._sign(task, result)
+        record = None if self._signing is None else self._sign(task, result, delta, path)
         return ClientUpdate(
             client_id=task.client_id,
             round=task.round,
             num_samples=result.num_samples,
             loss=result.loss,
-            delta=result.delta,
+            delta=delta,
             seconds=result.seconds,
             record=record,
             sign_seconds=time.perf_counter() - start if record is not None else 0.0,
+            path=path,
+            fallback_reason=reason,
+            noise_variance=noise_variance,
+            resource=task.resource,
+            probe_gain=gain,
         )
 
-    def _sign(self, task: ClientTask, result: LocalResult) -> Update:
+    def _client_data(self, client_id: int) -> ArrayDataset:
+        data = self._data.client(client_id)
+        if client_id in self._attackers:
+            data = poison_data(data, self._attack, self._data.num_classes)
+        return data
+
+    def _local_train(
+        self, model: nn.Module, task: ClientTask, data: ArrayDataset, weights: np.ndarray
+    ) -> LocalResult:
+        reseed(model, task.seed)
+        return local_train(model, data, weights, self._train, seed=task.seed, prox_mu=self._prox_mu)
+
+    def _quantum_update(
+        self, task: ClientTask, data: ArrayDataset, weights: np.ndarray
+    ) -> tuple[LocalResult, float]:
+        """Train on the task's quantum resource; raise QuantumError when it must fall back."""
+        if task.job_failure is not None:
+            raise QuantumError(f"resource {task.resource}: {task.job_failure}")
+        if task.quantum is None:
+            raise QuantumError(f"quantum task of client {task.client_id} names no quantum config")
+        model = self._quantum_model(task.quantum)
+        result = self._local_train(model, task, data, weights)
+        if self._timeout is not None and result.seconds > self._timeout:
+            raise QuantumError(
+                f"quantum job ran {result.seconds:.1f}s, past its {self._timeout}s timeout"
+            )
+        if not np.isfinite(result.delta).all():
+            raise QuantumError("quantum update has non-finite entries")
+        if self._crosscheck is not None:
+            self._check_against_exact(data, weights, result.delta)
+        steps = self._train.epochs * math.ceil(result.num_samples / self._train.batch_size)
+        variance = update_noise_variance(
+            task.quantum.shots, self._train.lr, steps, _fidelity(model)
+        )
+        return result, variance
+
+    def _quantum_model(self, quantum) -> nn.Module:
+        model = self._quantum_models.get(quantum)
+        if model is None:
+            model = self._build(quantum)
+            self._quantum_models[quantum] = model
+            if len(self._quantum_models) > QUANTUM_MODELS:
+                self._quantum_models.popitem(last=False)
+        else:
+            self._quantum_models.move_to_end(quantum)
+        return model
+
+    def _probe(self, data: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self._crosscheck.probe_batch if self._crosscheck is not None else 64
+        return torch.as_tensor(data.x[:n]), torch.as_tensor(data.y[:n])
+
+    def _probe_loss(self, data: ArrayDataset, weights: np.ndarray, grad: bool = False):
+        """Exact loss of `weights` on the probe batch; with `grad`, also -dL/dw (flat)."""
+        x, y = self._probe(data)
+        set_flat(self._model, weights)
+        self._model.eval()
+        with torch.set_grad_enabled(grad):
+            loss = nn.functional.cross_entropy(self._model(x), y)
+        if not grad:
+            return float(loss), None
+        params = list(self._model.parameters())  # state_dict order: get_flat's order
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        parts = [
+            (-g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
+        flat = torch.cat(parts)
+        return float(loss), flat.detach().numpy().astype(np.float32)
+
+    def _probe_gain(self, data: ArrayDataset, weights: np.ndarray, delta: np.ndarray) -> float:
+        """L(w_t) - L(w_t + delta) on the probe batch, by exact simulation."""
+        before, _ = self._probe_loss(data, weights)
+        after, _ = self._probe_loss(data, weights + delta)
+        return before - after
+
+    def _check_against_exact(self, data: ArrayDataset, weights: np.ndarray, delta) -> None:
+        baseline, reference = self._probe_loss(data, weights, grad=True)
+        probe_loss, _ = self._probe_loss(data, weights + delta)
+        verdict = cross_check(
+            delta,
+            self._crosscheck,
+            reference=reference,
+            probe_loss=probe_loss,
+            baseline_loss=baseline,
+        )
+        if verdict.suspect:
+            raise QuantumError(f"cross-check flagged the quantum update: {verdict.reason}")
+
+    def _sign(self, task: ClientTask, result: LocalResult, delta: np.ndarray, path: str) -> Update:
         spec = self._signing
         return sign_update(
             run_id=spec.run_id,
@@ -83,9 +249,9 @@ class ClientRunner:
             client_id=task.client_id,
             round_=task.round,
             nonce=update_nonce(spec.master_secret, task.round, task.client_id),
-            delta=result.delta,
+            delta=delta,
             num_examples=result.num_samples,
-            path="quantum" if has_quantum_layer(self._model) else "classical",
+            path=path,
             metrics={"loss": result.loss},
             backend=spec.backend,
             signer=self._signer(task.client_id),

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.records import Update, UpdatePath
+from quantum.layer import QuantumConfig
 
 
 class ClientTask(BaseModel):
@@ -26,6 +27,10 @@ class ClientTask(BaseModel):
     seed: int = Field(ge=0)
     path: Literal["classical", "quantum"] = "classical"  # the scheduler's assignment (Eq. 9)
     resource: str | None = None  # the quantum resource a quantum task runs on
+    quantum: QuantumConfig | None = None  # quantum path: the resource's executor, noise, shots
+    job_failure: str | None = None  # the resource's simulated job failure this round, if any
+    fallback: str | None = None  # classical because its resource was not available: why
+    probe: bool = False  # measure the update's probe-loss gain (exact simulation)
 
 
 class ClientUpdate(BaseModel):
@@ -44,6 +49,8 @@ class ClientUpdate(BaseModel):
     path: UpdatePath = "classical"  # where it was computed; "fallback": quantum job failed
     fallback_reason: str | None = None  # why a quantum task ran classically
     noise_variance: float = Field(0.0, ge=0.0)  # est. per-parameter variance of quantum noise
+    resource: str | None = None  # the quantum resource it ran on (or failed on)
+    probe_gain: float | None = None  # L(w_t) - L(w_t + delta) on a probe batch, exact
 
     @property
     def nbytes(self) -> int:

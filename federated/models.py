@@ -196,3 +196,81 @@ def set_flat(model: nn.Module, flat: np.ndarray) -> None:
 def weights_hash(flat: np.ndarray) -> str:
     """SHA-256 over the little-endian float32 bytes of a flat weight vector."""
     return hashlib.sha256(np.ascontiguousarray(flat, dtype="<f4").tobytes()).hexdigest()
+
+
+def quantum_param_mask(model: nn.Module) -> np.ndarray:
+    """(P,) bool: True at the entries of `get_flat(model)` that are quantum-circuit parameters.
+
+    The hybrid aggregation rule (Eq. 7) shrinks only these entries of a noisy
+    quantum update. Entries follow state_dict order, as in `get_flat`; every
+    tensor of a `quantum.layer.QuantumLayer` submodule (its theta) is marked.
+    """
+    import sys
+
+    state = model.state_dict()
+    mask = np.zeros(sum(t.numel() for t in state.values()), dtype=bool)
+    layer = sys.modules.get("quantum.layer")  # never imported: no quantum layer can exist
+    if layer is None:
+        return mask
+    prefixes = [
+        f"{name}." if name else ""
+        for name, module in model.named_modules()
+        if isinstance(module, layer.QuantumLayer)
+    ]
+    offset = 0
+    for key, tensor in state.items():
+        n = tensor.numel()
+        mask[offset : offset + n] = any(key.startswith(p) for p in prefixes)
+        offset += n
+    return mask
+
+
+def set_layers_active(model: nn.Module, layers: int | None) -> None:
+    """Run every quantum layer of `model` with only its first `layers` layers (None: all).
+
+    A client with a shallower device trains the truncated circuit; the theta
+    entries of the other layers get no gradient (see `trained_mask`).
+    """
+    from quantum.layer import QuantumLayer
+
+    for module in model.modules():
+        if isinstance(module, QuantumLayer):
+            module.set_layers_active(layers)
+
+
+def trained_mask(model: nn.Module) -> np.ndarray:
+    """(P,) bool over `get_flat(model)`: False at theta entries of inactive quantum layers.
+
+    With every layer active it is all True; federated.layerwise.masked_average
+    averages each entry over the clients whose mask holds it.
+    """
+    from quantum.layer import QuantumLayer
+
+    inactive: dict[str, int] = {}  # state_dict key of a theta -> first untrained entry
+    for name, module in model.named_modules():
+        if isinstance(module, QuantumLayer):
+            key = f"{name}.theta" if name else "theta"
+            inactive[key] = module.layers_active * module.config.qubits
+    state = model.state_dict()
+    mask = np.ones(sum(t.numel() for t in state.values()), dtype=bool)
+    offset = 0
+    for key, tensor in state.items():
+        if key in inactive:
+            mask[offset + inactive[key] : offset + tensor.numel()] = False
+        offset += tensor.numel()
+    return mask
+
+
+def quantum_overhead(model: nn.Module):
+    """Circuits and shots all quantum layers of `model` ran so far (`executors.base.Overhead`).
+
+    Cumulative: subtract the snapshot taken before a task for that task's share.
+    """
+    from quantum.executors.base import Overhead
+    from quantum.layer import QuantumLayer
+
+    total = Overhead()
+    for module in model.modules():
+        if isinstance(module, QuantumLayer):
+            total = total + module.overhead()
+    return total

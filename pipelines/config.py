@@ -9,6 +9,7 @@ or malformed YAML raises `ConfigError` with the file and the dotted field path.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -16,12 +17,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from federated.aggregate import AggregationConfig
+from federated.attacks import AttackConfig, num_attackers
+from federated.crosscheck import CrossCheckConfig
 from federated.data import DATASETS, PARTITIONS
 from federated.models import ModelConfig
 from federated.train import TrainConfig
 from ledger.keeper import LedgerConfig
+from pipelines.scheduler import ClientsConfig, SchedulerConfig
 from qfl.errors import ConfigError
 from quantum.layer import QuantumConfig
+from quantum.monitor import MonitorConfig
+from quantum.resources import ResourceConfig, unique_resources
 
 
 class _Section(BaseModel):
@@ -65,9 +72,10 @@ class FederationConfig(_Section):
     rounds: int = Field(10, ge=1)
     clients_per_round: int | None = Field(None, ge=1, description="sample this many per round")
     sample_fraction: float = Field(1.0, gt=0.0, le=1.0, description="or this fraction")
-    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox"] = Field(
+        "fedavg", description="local objective: fedprox adds (mu/2)||w - w_t||^2"
+    )
     prox_mu: float = Field(0.0, ge=0.0, description="FedProx proximal weight mu")
-    server_lr: float = Field(1.0, gt=0.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationConfig:
@@ -97,6 +105,7 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None: all)")
     runners: int = Field(2, ge=1, description="client-runner actors serving all virtual clients")
     runner_num_cpus: float = Field(1.0, gt=0.0)
+    runner_num_gpus: float = Field(0.0, ge=0.0, description="GPUs per runner (exact executor)")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per runner")
     round_timeout_s: float = Field(600.0, gt=0.0)
 
@@ -125,6 +134,19 @@ class ExperimentConfig(_Section):
     train: TrainConfig = TrainConfig()
     federation: FederationConfig = FederationConfig()
     quantum: QuantumConfig | None = None
+    aggregation: AggregationConfig = AggregationConfig()
+    attack: AttackConfig = AttackConfig()
+    resources: tuple[ResourceConfig, ...] = Field(
+        (), description="quantum resources (devices or noisy stand-ins) clients bind to"
+    )
+    clients: ClientsConfig | None = Field(
+        None, description="client kinds (classical, quantum_enhanced, hybrid); None: classical"
+    )
+    scheduler: SchedulerConfig = SchedulerConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    crosscheck: CrossCheckConfig | None = Field(
+        None, description="hybrid verification of quantum updates against exact simulation"
+    )
     ledger: LedgerConfig = LedgerConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -146,6 +168,44 @@ class ExperimentConfig(_Section):
                     f"vqc encodes one feature per qubit: {dataset} gives {features} features "
                     f"but quantum.qubits={self.quantum.qubits} (set data.pca_components)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _aggregation_fits(self) -> ExperimentConfig:
+        per_round, needed = self.federation.per_round, self.aggregation.min_updates
+        if per_round < needed:
+            raise ValueError(
+                f"aggregation.rule {self.aggregation.rule} needs at least {needed} updates a "
+                f"round, but {per_round} clients are sampled"
+            )
+        if (
+            self.attack.kind != "none"
+            and num_attackers(self.federation.clients, self.attack.fraction) < 1
+        ):
+            raise ValueError(
+                f"attack.fraction={self.attack.fraction} of {self.federation.clients} clients "
+                "is no attacker: raise the fraction"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _orchestration_fits(self) -> ExperimentConfig:
+        names = list(unique_resources(self.resources))
+        if self.clients is None:
+            if self.resources:
+                raise ValueError("resources are configured but no clients section binds to them")
+            return self
+        self.clients.check(self.federation.clients, names)
+        counts = self.clients.kind_counts(self.federation.clients)
+        bound = counts["quantum_enhanced"] + counts["hybrid"]
+        if bound and self.model.kind not in ("hybrid", "vqc"):
+            raise ValueError(
+                f"{bound} quantum-enhanced/hybrid clients need model.kind hybrid or vqc, "
+                f"not {self.model.kind!r}"
+            )
+        if self.quantum is not None:
+            for resource in self.resources:
+                resource.check_fits(self.quantum.qubits)
         return self
 
     def flat(self) -> dict[str, str]:
@@ -176,22 +236,55 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with each `--set` override written at its dotted path."""
+    """Return a copy of `raw` with each `--set` override written at its dotted path.
+
+    A path part `name[i]` is item i of a list in the file, e.g.
+    ``resources[0].availability.outages=[]``.
+    """
     result = _deep_copy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = result
         for i, part in enumerate(path[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(path[: i + 1])} is not a section")
-            node = child
-        node[path[-1]] = value
+            node = _child(node, part, f"--set {text!r}: {'.'.join(path[: i + 1])}")
+        key, index = _indexed(path[-1])
+        if index is None:
+            node[key] = value
+        else:
+            _list_at(node, key, index, f"--set {text!r}: {'.'.join(path)}")[index] = value
     return result
 
 
-def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
+_INDEXED = re.compile(r"^(?P<key>[^\[\]]+)\[(?P<index>\d+)\]$")
+
+
+def _indexed(part: str) -> tuple[str, int | None]:
+    match = _INDEXED.match(part)
+    return (part, None) if match is None else (match["key"], int(match["index"]))
+
+
+def _list_at(node: dict[str, Any], key: str, index: int, where: str) -> list:
+    items = node.get(key)
+    if not isinstance(items, list) or not 0 <= index < len(items):
+        size = len(items) if isinstance(items, list) else "no"
+        raise ConfigError(f"{where}: {key} has {size} items in the file")
+    return items
+
+
+def _child(node: dict[str, Any], part: str, where: str) -> dict[str, Any]:
+    key, index = _indexed(part)
+    child = node.setdefault(key, {}) if index is None else _list_at(node, key, index, where)[index]
+    if not isinstance(child, dict):
+        raise ConfigError(f"{where} is not a section")
+    return child
+
+
+def _deep_copy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _deep_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deep_copy(v) for v in tree]
+    return tree
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

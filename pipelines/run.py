@@ -24,19 +24,25 @@ from pydantic import BaseModel, ConfigDict
 
 from actors.aggregator import AggregatorActor
 from actors.ledger_keeper import LedgerKeeperActor
+from actors.monitor import MonitorActor
 from actors.pool import ClientPool, RoundResult
+from federated.attacks import select_attackers
 from federated.data import FederatedData, build_federated_data
 from federated.messages import ClientTask
-from federated.models import build_model, get_flat, set_flat, weights_hash
+from federated.models import build_model, get_flat, quantum_param_mask, set_flat, weights_hash
 from federated.sampling import client_seed, round_rng, sample_clients
 from federated.train import evaluate
 from ledger.keeper import RoundClosed, RoundPlan, SigningSpec
 from ledger.keys import master_secret_from_run_seed
+from ledger.records import Fallback
 from pipelines.checkpoint import Checkpoint, append_round, save_checkpoint
 from pipelines.config import ExperimentConfig, RayConfig, dump_config
+from pipelines.orchestration import Orchestrator, advantage_metrics, exact_quantum
 from pipelines.plots import convergence_plot
+from pipelines.scheduler import SchedulePlan
 from pipelines.tracking import Tracker, git_commit
 from qfl.errors import RunError
+from quantum.monitor import MonitorSnapshot
 
 
 class RoundRecord(BaseModel):
@@ -58,9 +64,10 @@ class RoundRecord(BaseModel):
     ledger_height: int = -1  # -1: no ledger
     sign_seconds: float = 0.0  # summed over the round's clients
     verify_seconds: float = 0.0  # the contract's checks of the round's updates
+    extra: dict[str, float] = {}  # orchestration: paths, per-kind loss, resources, plan
 
     def metrics(self) -> dict[str, float]:
-        return {
+        return self.extra | {
             "accepted_updates": self.accepted,
             "rejected_updates": self.rejected,
             "ledger_height": self.ledger_height,
@@ -205,6 +212,9 @@ class Federation:
             quantum=config.quantum,
         )
         self.weights = get_flat(self.model)
+        self.orchestrator, self.monitor = self._start_orchestration()
+        self._snapshot: MonitorSnapshot | None = None  # the monitor's view of the next round
+        self._plan: SchedulePlan | None = None  # the current round's plan
         self.keeper, signing = None, None
         if config.ledger.enabled and ledger_path is not None:
             self.keeper, signing = self._start_ledger(run_id, ledger_path)
@@ -212,19 +222,55 @@ class Federation:
         self._closing: ray.ObjectRef | None = None  # the previous round's closing block
         self._open_height = -1
         self._next_plan: RoundPlan | None = None  # the round the last closing block opened
+        quantum = config.quantum
+        if self.orchestrator is not None and quantum is not None:
+            quantum = exact_quantum(quantum)  # the classical path simulates the layer exactly
         self.pool = ClientPool.from_data(
             data,
             config.model,
             config.train,
-            quantum=config.quantum,
+            quantum=quantum,
             signing=signing,
             runners=config.ray.runners,
             num_cpus=config.ray.runner_num_cpus,
+            num_gpus=config.ray.runner_num_gpus,
             prox_mu=fed.prox_mu if fed.strategy == "fedprox" else 0.0,
             torch_threads=config.ray.torch_threads,
+            attack=config.attack,
+            attackers=select_attackers(fed.clients, config.attack, config.seed),
+            crosscheck=config.crosscheck,
+            quantum_timeout_s=config.scheduler.quantum_timeout_s,
+            seed=config.seed,
         )
-        self.aggregator = AggregatorActor.remote(fed.strategy, fed.server_lr)
+        self.aggregator = AggregatorActor.remote(
+            config.aggregation, quantum_mask=quantum_param_mask(self.model)
+        )
         self.pool.wait_ready(timeout_s=config.ray.round_timeout_s)
+
+    def _start_orchestration(self):
+        """The orchestrator and the resource monitor actor, when client kinds are configured."""
+        config = self.config
+        if config.clients is None:
+            return None, None
+        orchestrator = Orchestrator(
+            seed=config.seed,
+            n_clients=config.federation.clients,
+            clients=config.clients,
+            resources=config.resources,
+            scheduler=config.scheduler,
+            quantum=config.quantum,
+            examples=[len(ix) for ix in self.data.client_indices],
+            epochs=config.train.epochs,
+            batch_size=config.train.batch_size,
+        )
+        monitor = MonitorActor.remote(list(orchestrator.resources), config.monitor)
+        return orchestrator, monitor
+
+    def _prepare(self, t: int) -> MonitorSnapshot:
+        """Step the resources to round t, show the monitor, return its snapshot."""
+        states = self.orchestrator.step_resources(t)
+        self._snapshot = ray.get(self.monitor.observe_and_snapshot.remote(*states))
+        return self._snapshot
 
     def _start_ledger(self, run_id: str, path: Path):
         """Write genesis (keys from the run seed) and return the keeper and the signing spec."""
@@ -249,19 +295,35 @@ class Federation:
         (or the first after a resume) gets a RoundOpen block of its own.
         """
         fed = self.config.federation
+        orchestrator = self.orchestrator
+        if orchestrator is not None and (self._snapshot is None or self._snapshot.round != t):
+            self._prepare(t)
+        sample = None if orchestrator is None else orchestrator.sampler(t)
         if self.keeper is None:
-            return sample_clients(fed.clients, fed.per_round, round_rng(self.config.seed, t))
-        self.settle()
-        if self._next_plan is not None and self._next_plan.round == t:
-            plan = self._next_plan
+            rng = round_rng(self.config.seed, t)
+            sampled = (sample or sample_clients)(fed.clients, fed.per_round, rng)
         else:
-            plan = ray.get(self.keeper.open_round.remote(t, fed.clients, fed.per_round))
-        self._open_height = plan.height
-        return list(plan.sampled)
+            self.settle()
+            if self._next_plan is not None and self._next_plan.round == t:
+                plan = self._next_plan
+            else:
+                assign = None if orchestrator is None else orchestrator.assigner(t, self._snapshot)
+                opened = self.keeper.open_round.remote(
+                    t, fed.clients, fed.per_round, sample=sample, assign=assign
+                )
+                plan = ray.get(opened)
+            self._open_height = plan.height
+            sampled = list(plan.sampled)
+        if orchestrator is not None:
+            self._plan = orchestrator.plan(t, sampled, self._snapshot)
+        return list(sampled)
 
     def tasks(self, t: int, clients: list[int]) -> list[ClientTask]:
         """Each client of round t with its derived local seed."""
         seed = self.config.seed
+        if self.orchestrator is not None and self._plan is not None and self._plan.round == t:
+            seeds = {k: client_seed(seed, t, k) for k in clients}
+            return self.orchestrator.tasks(self._plan, seeds)
         return [ClientTask(client_id=k, round=t, seed=client_seed(seed, t, k)) for k in clients]
 
     def step(self, t: int, *, last: bool = False) -> tuple[RoundRecord, RoundResult]:
@@ -272,33 +334,76 @@ class Federation:
         sizes = [len(self.data.client_indices[task.client_id]) for task in tasks]
         result = self.pool.run_round(weights_ref, tasks, self.config.ray.round_timeout_s, sizes)
         ledger = LedgerRound()
-        refs = result.refs
-        if self.keeper is not None and refs:
+        accepted_ids = {u.client_id for u in result.updates}
+        if self.keeper is not None and result.updates:
             # one batch object: resolving a hundred refs one by one costs more than the checks
             admitted = self.keeper.admit.remote(result.updates)
-            accepted, rejections, ledger.verify_seconds = ray.get(admitted)
-            keep = set(accepted)
-            refs = [r for r, u in zip(refs, result.updates, strict=True) if u.client_id in keep]
+            admitted_ids, rejections, ledger.verify_seconds = ray.get(admitted)
+            accepted_ids = set(admitted_ids)
             ledger.rejected = len(rejections)
-        if refs:
-            self.weights = ray.get(self.aggregator.aggregate.remote(weights_ref, *refs))
-        ledger.accepted = len(refs)
+        accepted = [u for u in result.updates if u.client_id in accepted_ids]
+        aggregation: dict[str, float] = {}
+        if accepted:
+            # the updates as values (the driver holds them): cheaper than a ref per client
+            aggregated = self.aggregator.aggregate_with_info.remote(
+                weights_ref, *accepted, reliability=self._reliability(accepted_ids)
+            )
+            self.weights, info = ray.get(aggregated)
+            aggregation = info.metrics()
+        ledger.accepted = len(accepted)
         ledger.sign_seconds = sum(u.sign_seconds for u in result.updates)
         record = _record(
             t + 1, self.model, self.weights, self.data, result, len(tasks), round_start, ledger
         )
+        fallbacks, extra = (), aggregation
+        if self.orchestrator is not None:
+            fallbacks, orchestration = self._after_round(t, result, accepted_ids, last)
+            extra = extra | orchestration
+        record = record.model_copy(update={"extra": extra})
         if self.keeper is not None:
             # Certified in the background while the driver logs and checkpoints; the next
             # round (or close_ledger) waits for it and surfaces its errors.
             # Unless this is the last round, the closing block also opens round t+1.
             metrics = {"test_accuracy": record.test_accuracy, "test_loss": record.test_loss}
-            fed = self.config.federation
-            following = None if last else (t + 1, fed.clients, fed.per_round)
-            self._closing = self.keeper.close_round.remote(
-                t, self.weights, metrics, next_round=following
-            )
+            self._closing = self._close(t, metrics, fallbacks, last)
             record = record.model_copy(update={"ledger_height": self._open_height + 1})
         return record, result
+
+    def _reliability(self, clients: set[int]) -> dict[int, float] | None:
+        if self.orchestrator is None:
+            return None
+        return {k: self.orchestrator.reliability.reliability(k) for k in sorted(clients)}
+
+    def _after_round(
+        self, t: int, result: RoundResult, accepted: set[int], last: bool
+    ) -> tuple[list[Fallback], dict[str, float]]:
+        """Fallback records, reliability and gains, monitor reports; round t+1's snapshot."""
+        orchestrator, plan = self.orchestrator, self._plan
+        fallbacks = orchestrator.fallbacks(result.updates)
+        outcomes = orchestrator.observe(plan, result.updates, accepted)
+        extra = orchestrator.metrics(plan, result.updates) | advantage_metrics(plan)
+        # the resources as this round saw them, with its jobs' outcomes
+        extra |= ray.get(self.monitor.report_and_metrics.remote(*outcomes))
+        if not last:
+            self._prepare(t + 1)
+        return fallbacks, extra
+
+    def _close(self, t: int, metrics: dict[str, float], fallbacks, last: bool) -> ray.ObjectRef:
+        fed = self.config.federation
+        following = None if last else (t + 1, fed.clients, fed.per_round)
+        sample = assign = None
+        if self.orchestrator is not None and not last:
+            sample = self.orchestrator.sampler(t + 1)
+            assign = self.orchestrator.assigner(t + 1, self._snapshot)
+        return self.keeper.close_round.remote(
+            t,
+            self.weights,
+            metrics,
+            tuple(fallbacks),
+            next_round=following,
+            sample=sample,
+            assign=assign,
+        )
 
     def settle(self) -> None:
         """Wait for the previous round's closing block (raises its error, if any)."""
@@ -368,7 +473,12 @@ def run_round(
     record, result = federation.step(t, last=last)
     tracker.log_metrics(record.round, record.metrics(), int(time.time() * 1000))
     failures = [f.model_dump() for f in result.failures]
-    append_round(run_dir, {**record.model_dump(), "failures": failures})
+    fallbacks = [
+        {"client_id": u.client_id, "resource": u.resource, "reason": u.fallback_reason}
+        for u in result.updates
+        if u.path == "fallback"
+    ]
+    append_round(run_dir, {**record.model_dump(), "failures": failures, "fallbacks": fallbacks})
     save_checkpoint(run_dir, Checkpoint(round=record.round, weights=federation.weights))
     return record
 

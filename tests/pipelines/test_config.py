@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -160,14 +161,21 @@ def test_flat_gives_dotted_string_values() -> None:
     assert flat["name"] == "quickstart"
     assert all(isinstance(v, str) for v in flat.values())
     # exactly the leaves: one key per field of every section, no section keys
-    sections = ("data", "model", "train", "federation", "ray", "tracking", "output", "ledger")
+    sections = (
+        "data", "model", "train", "federation", "ray", "tracking", "output", "ledger",
+        "aggregation", "attack", "scheduler", "monitor",
+    )  # fmt: skip
     assert not set(sections) & set(flat)
     c = ExperimentConfig()
-    expected = {"name", "seed", "quantum"} | {
-        f"{s}.{f}" for s in sections for f in type(getattr(c, s)).model_fields
-    }
+    optional = {"quantum", "clients", "crosscheck"}
+    expected = (
+        {"name", "seed", "resources"}
+        | optional
+        | {f"{s}.{f}" for s in sections for f in type(getattr(c, s)).model_fields}
+    )
     assert set(flat) == expected  # an absent optional section is one 'null' leaf
-    assert flat["quantum"] == "null"
+    assert all(flat[key] == "null" for key in optional)
+    assert flat["resources"] == "[]"
 
 
 def test_flat_expands_the_quantum_section_with_its_noise() -> None:
@@ -391,3 +399,22 @@ def test_ibm_token_from_the_environment_is_kept_secret() -> None:
     # other executors never get a token
     exact = load_config(REPO_CONFIGS / "digits-vqc.yaml")
     assert with_ibm_token(exact, "tok-123") is exact
+
+
+def test_set_reaches_into_a_list_item_by_index() -> None:
+    config = load_config(REPO_CONFIGS / "outage.yaml", ["resources[0].availability.outages=[]"])
+    assert config.resources[0].availability.outages == ()
+    assert config.resources[0].name == "qpu_a"  # the rest of the item is kept
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("resources[3].qubits=5", "resources has 1 items"),
+        ("federation.rounds[0]=3", "rounds has no items"),
+        ("resources[0].noise.p2=2", "resources.0.noise.p2"),
+    ],
+)
+def test_a_bad_indexed_override_names_the_path(override, message) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(REPO_CONFIGS / "outage.yaml", [override])

@@ -1,0 +1,442 @@
+"""Tests for federated.secagg: ML-KEM keys, fixed point, masking, dropout recovery, aborts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from scipy import stats
+
+from federated import secagg
+from federated.secagg import (
+    Roster,
+    SecAggAborted,
+    SecAggClient,
+    SecAggConfig,
+    SecAggError,
+    SecAggServer,
+    UnmaskResponse,
+    check_rule_compatible,
+    check_secagg_config,
+    decode,
+    encode,
+    kem_public_key,
+    kem_seed,
+    round_secret,
+    threshold_count,
+)
+from ledger.crypto import signer_from_seed
+from ledger.keys import derive_seed
+from qfl.errors import ConfigError
+
+MASTER = bytes(range(100, 132))
+IDS = (2, 3, 5, 8, 13, 21, 34, 55)  # not 0..n-1: ids are global client indices
+SCALE = 2.0**16
+P = 2_000
+
+
+@dataclass
+class Keys:
+    kem: dict[int, bytes] = field(default_factory=dict)
+    signers: dict = field(default_factory=dict)
+
+    def roster(self, ids=IDS, round_=3, threshold=5) -> Roster:
+        return Roster(
+            round=round_,
+            threshold=threshold,
+            kem_keys={k: self.kem[k] for k in ids},
+            signing_keys={k: self.signers[k].public_key for k in ids},
+        )
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    out = Keys()
+    for k in IDS:
+        out.kem[k] = kem_public_key(MASTER, k)
+        out.signers[k] = signer_from_seed(derive_seed(MASTER, "client", k))
+    return out
+
+
+def updates(ids=IDS, seed=0, scale=1.0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: (scale * rng.normal(size=P)).astype(np.float32) for k in ids}
+
+
+def make_clients(keys: Keys, roster: Roster) -> dict[int, SecAggClient]:
+    return {
+        k: SecAggClient(
+            k,
+            roster,
+            kem_seed=kem_seed(MASTER, k),
+            signer=keys.signers[k],
+            secret=round_secret(MASTER, k, roster.round),
+            scale=SCALE,
+        )
+        for k in roster.participants
+    }
+
+
+def run_round(
+    keys: Keys,
+    xs: dict[int, np.ndarray],
+    *,
+    threshold: int = 5,
+    weights: dict[int, float] | None = None,
+    skip_share: tuple[int, ...] = (),
+    skip_mask: tuple[int, ...] = (),
+    skip_unmask: tuple[int, ...] = (),
+):
+    """One protocol run; clients in skip_* vanish before that step. Returns (result, clients)."""
+    roster = keys.roster(threshold=threshold)
+    clients = make_clients(keys, roster)
+    server = SecAggServer(roster, scale=SCALE)
+    exchanges = server.receive_key_exchanges([c.key_exchange() for c in clients.values()])
+    bundles = [clients[k].share_keys(exchanges) for k in IDS if k not in skip_share]
+    deliveries = server.route_shares(bundles)
+    weights = weights or {k: 1.0 for k in IDS}
+    masked = [
+        clients[k].mask(deliveries[k], xs[k], weights[k]) for k in deliveries if k not in skip_mask
+    ]
+    request = server.collect_masked(masked)
+    responses = [clients[k].unmask(request) for k in request.survivors if k not in skip_unmask]
+    return server.finish(responses), clients
+
+
+def fixed_sum(xs: dict[int, np.ndarray], ids, weights=None) -> np.ndarray:
+    total = np.zeros(P, dtype=np.uint32)
+    for k in ids:
+        w = 1.0 if weights is None else weights[k]
+        total += encode(xs[k].astype(np.float64) * w, SCALE, len(IDS))
+    return total
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_kem_keys_are_deterministic_distinct_and_fips_sized():
+    a, b = kem_public_key(MASTER, 7), kem_public_key(MASTER, 8)
+    assert a == kem_public_key(MASTER, 7)
+    assert len(a) == secagg.KEM_PUBLIC_KEY_BYTES == 1184
+    assert a != b and a != kem_public_key(bytes(32), 7)
+    seed = kem_seed(MASTER, 7)
+    assert len(seed) == 64
+    assert seed[:32] != derive_seed(MASTER, "client", 7)  # not the ML-DSA seed
+    with pytest.raises(ValueError, match="master secret"):
+        kem_seed(b"short", 1)
+    with pytest.raises(ValueError, match="client id"):
+        kem_seed(MASTER, -1)
+
+
+def test_ml_kem_cross_checks_with_kyber_py():
+    kyber = pytest.importorskip("kyber_py.ml_kem")
+    seed = kem_seed(MASTER, 4)
+    ek, dk = kyber.ML_KEM_768.key_derive(seed)  # FIPS 203 KeyGen_internal(d, z)
+    assert ek == kem_public_key(MASTER, 4)
+    private = secagg.kem_private_key(seed)
+    shared, ciphertext = kyber.ML_KEM_768.encaps(ek)
+    assert private.decapsulate(ciphertext) == shared
+    shared2, ciphertext2 = private.public_key().encapsulate()
+    assert len(ciphertext2) == secagg.KEM_CIPHERTEXT_BYTES
+    assert kyber.ML_KEM_768.decaps(dk, ciphertext2) == shared2
+
+
+def test_round_secrets_differ_by_client_and_round():
+    values = {round_secret(MASTER, k, t) for k in (1, 2) for t in (0, 1)}
+    assert len(values) == 4
+    assert round_secret(MASTER, 1, 0) == round_secret(MASTER, 1, 0)
+
+
+# --------------------------------------------------------------------------- fixed point
+
+
+def test_encode_decode_round_trip_and_wraps_signed():
+    x = np.array([0.0, 1.5, -1.5, 1e-6, -3000.25, 2.0**-16])
+    q = encode(x, SCALE, summands=1)
+    assert q.dtype == np.uint32
+    assert q[2] == 2**32 - round(1.5 * SCALE)  # two's complement
+    np.testing.assert_allclose(decode(q, SCALE), x, atol=0.5 / SCALE)
+
+
+def test_sum_of_encodings_decodes_to_the_sum():
+    rng = np.random.default_rng(1)
+    xs = rng.normal(size=(10, 1000)) * 100
+    total = np.zeros(1000, dtype=np.uint32)
+    for x in xs:
+        total += encode(x, SCALE, 10)
+    exact = np.rint(xs * SCALE).sum(axis=0) / SCALE
+    np.testing.assert_array_equal(decode(total, SCALE), exact)
+
+
+def test_encode_refuses_values_that_could_overflow_the_sum():
+    limit = 2.0**31 / 4 / SCALE
+    encode(np.array([limit * 0.99]), SCALE, summands=4)
+    with pytest.raises(SecAggError, match="overflow"):
+        encode(np.array([-limit]), SCALE, summands=4)
+    with pytest.raises(SecAggError, match="non-finite"):
+        encode(np.array([np.nan]), SCALE, summands=1)
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_unmasked_sum_equals_plain_fixed_point_sum_exactly(keys):
+    xs = updates()
+    result, _ = run_round(keys, xs)
+    assert result.included == IDS and result.dropped == ()
+    np.testing.assert_array_equal(result.fixed_point_total, fixed_sum(xs, IDS))
+    plain = sum(xs[k].astype(np.float64) for k in IDS)
+    np.testing.assert_allclose(result.total, plain, atol=len(IDS) * 0.5 / SCALE)
+    assert result.weight == len(IDS)
+
+
+def test_masked_input_is_indistinguishable_from_uniform(keys):
+    """y = x + masks for x = 0 and for a large constant x: both uniform over Z_2^32."""
+    roster = keys.roster()
+    clients = make_clients(keys, roster)
+    server = SecAggServer(roster, scale=SCALE)
+    exchanges = server.receive_key_exchanges([c.key_exchange() for c in clients.values()])
+    deliveries = server.route_shares([clients[k].share_keys(exchanges) for k in IDS])
+    size = 200_000
+    outputs = []
+    for k, value in ((IDS[0], 0.0), (IDS[1], 1000.0)):
+        y = clients[k].mask(deliveries[k], np.full(size, value, dtype=np.float32)).masked
+        outputs.append(y)
+        top = np.bincount(y >> np.uint32(24), minlength=256)  # top byte
+        low = np.bincount(y & np.uint32(0xFF), minlength=256)  # low byte
+        assert stats.chisquare(top).pvalue > 1e-6
+        assert stats.chisquare(low).pvalue > 1e-6
+        u = y.astype(np.float64) / 2.0**32
+        assert stats.kstest(u, "uniform").pvalue > 1e-6
+    a, b = (o.astype(np.float64) for o in outputs)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.02
+
+
+def test_weights_are_public_and_scale_before_masking(keys):
+    xs = updates(seed=4)
+    weights = {k: (i + 1) / 36 for i, k in enumerate(IDS)}
+    result, _ = run_round(keys, xs, weights=weights)
+    np.testing.assert_array_equal(result.fixed_point_total, fixed_sum(xs, IDS, weights))
+    expected = sum(weights[k] * xs[k].astype(np.float64) for k in IDS) / sum(weights.values())
+    np.testing.assert_allclose(result.mean, expected, atol=1e-4)
+    assert result.weight == pytest.approx(1.0)
+
+
+def test_dropouts_before_masking_are_recovered_exactly(keys):
+    xs = updates(seed=1)
+    gone = (3, 21, 55)  # n - t = 3 clients vanish after sharing their keys
+    result, _ = run_round(keys, xs, skip_mask=gone)
+    survivors = tuple(k for k in IDS if k not in gone)
+    assert result.included == survivors and result.dropped == gone
+    np.testing.assert_array_equal(result.fixed_point_total, fixed_sum(xs, survivors))
+
+
+def test_dropouts_after_masking_keep_their_inputs(keys):
+    xs = updates(seed=2)
+    gone = (2, 8, 34)  # masked inputs arrived, then they vanished
+    result, _ = run_round(keys, xs, skip_unmask=gone)
+    assert result.included == IDS
+    np.testing.assert_array_equal(result.fixed_point_total, fixed_sum(xs, IDS))
+
+
+def test_mixed_dropouts_at_every_step(keys):
+    xs = updates(seed=3)
+    result, _ = run_round(keys, xs, threshold=4, skip_share=(5,), skip_mask=(13,), skip_unmask=(2,))
+    included = tuple(k for k in IDS if k not in (5, 13))
+    assert result.included == included and result.dropped == (13,)
+    np.testing.assert_array_equal(result.fixed_point_total, fixed_sum(xs, included))
+
+
+def test_too_few_masked_inputs_abort_cleanly(keys):
+    with pytest.raises(SecAggAborted) as info:
+        run_round(keys, updates(), skip_mask=(2, 3, 5, 8))
+    failure = info.value.failure
+    assert (failure.stage, failure.available, failure.threshold, failure.round) == ("mask", 4, 5, 3)
+
+
+def test_too_few_unmask_answers_abort_cleanly(keys):
+    with pytest.raises(SecAggAborted) as info:
+        run_round(keys, updates(), skip_unmask=(2, 3, 5, 8))
+    assert info.value.failure.stage == "unmask"
+    assert info.value.failure.available == 4
+
+
+def test_too_few_key_exchanges_abort(keys):
+    roster = keys.roster()
+    clients = make_clients(keys, roster)
+    server = SecAggServer(roster, scale=SCALE)
+    with pytest.raises(SecAggAborted, match="key_exchange"):
+        server.receive_key_exchanges([clients[k].key_exchange() for k in IDS[:4]])
+
+
+def test_corrupted_share_aborts_instead_of_a_wrong_sum(keys):
+    roster = keys.roster()
+    clients = make_clients(keys, roster)
+    server = SecAggServer(roster, scale=SCALE)
+    exchanges = server.receive_key_exchanges([c.key_exchange() for c in clients.values()])
+    deliveries = server.route_shares([clients[k].share_keys(exchanges) for k in IDS])
+    xs = updates()
+    request = server.collect_masked([clients[k].mask(deliveries[k], xs[k]) for k in IDS])
+    responses = [clients[k].unmask(request) for k in IDS]
+    bad = responses[0].self_shares.copy()
+    bad[1, 0] = (bad[1, 0] + 1) % secagg.shamir.PRIME
+    responses[0] = responses[0].model_copy(update={"self_shares": bad})
+    with pytest.raises(SecAggAborted, match="commitment|inconsistent"):
+        server.finish(responses)
+
+
+def test_forged_key_exchange_is_rejected_by_server_and_client(keys):
+    roster = keys.roster()
+    clients = make_clients(keys, roster)
+    messages = [c.key_exchange() for c in clients.values()]
+    forged = messages[0].model_copy(update={"signature": messages[1].signature})
+    server = SecAggServer(roster, scale=SCALE)
+    kept = server.receive_key_exchanges([forged, *messages[1:]])
+    assert IDS[0] not in server.u1 and "signature" in server.rejected[IDS[0]]
+    assert len(kept) == len(IDS) - 1
+    with pytest.raises(SecAggError, match="signature"):
+        clients[IDS[1]].share_keys([forged, *messages[1:]])
+
+
+def test_swapped_ciphertext_is_detected(keys):
+    roster = keys.roster()
+    clients = make_clients(keys, roster)
+    messages = [c.key_exchange() for c in clients.values()]
+    first = messages[0]
+    swapped = list(first.ciphertexts)
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    tampered = first.model_copy(update={"ciphertexts": tuple(swapped)})
+    with pytest.raises(SecAggError, match="digest"):
+        clients[first.recipients[0]].share_keys([tampered, *messages[1:]])
+
+
+def test_client_refuses_bad_unmask_requests(keys):
+    roster = keys.roster()
+    clients = make_clients(keys, roster)
+    server = SecAggServer(roster, scale=SCALE)
+    exchanges = server.receive_key_exchanges([c.key_exchange() for c in clients.values()])
+    deliveries = server.route_shares([clients[k].share_keys(exchanges) for k in IDS])
+    xs = updates()
+    for k in IDS:
+        clients[k].mask(deliveries[k], xs[k])
+    both = secagg.UnmaskRequest(round=3, survivors=IDS, dropped=(IDS[-1],))
+    with pytest.raises(SecAggError, match="inconsistent"):
+        clients[IDS[0]].unmask(both)
+    few = secagg.UnmaskRequest(round=3, survivors=IDS[:4], dropped=IDS[4:])
+    with pytest.raises(SecAggAborted, match="refuses"):
+        clients[IDS[1]].unmask(few)
+
+
+def test_steps_out_of_order_raise(keys):
+    roster = keys.roster()
+    client = make_clients(keys, roster)[IDS[0]]
+    with pytest.raises(SecAggError, match="out of order"):
+        client.share_keys([])
+    client.key_exchange()
+    with pytest.raises(SecAggError, match="out of order"):
+        client.key_exchange()
+
+
+def test_client_key_must_match_the_roster(keys):
+    roster = keys.roster()
+    with pytest.raises(SecAggError, match="registered key"):
+        SecAggClient(
+            IDS[0],
+            roster,
+            kem_seed=kem_seed(MASTER, IDS[1]),
+            signer=keys.signers[IDS[0]],
+            secret=bytes(32),
+            scale=SCALE,
+        )
+    with pytest.raises(SecAggError, match="not in the roster"):
+        SecAggClient(
+            99, roster, kem_seed=kem_seed(MASTER, 99), signer=None, secret=bytes(32), scale=SCALE
+        )
+
+
+def test_malformed_response_is_dropped_and_the_sum_still_exact(keys):
+    roster = keys.roster()
+    clients = make_clients(keys, roster)
+    server = SecAggServer(roster, scale=SCALE)
+    exchanges = server.receive_key_exchanges([c.key_exchange() for c in clients.values()])
+    deliveries = server.route_shares([clients[k].share_keys(exchanges) for k in IDS])
+    xs = updates(seed=5)
+    request = server.collect_masked([clients[k].mask(deliveries[k], xs[k]) for k in IDS])
+    responses = [clients[k].unmask(request) for k in IDS]
+    responses[0] = UnmaskResponse(
+        round=3,
+        sender=IDS[0],
+        self_owners=IDS,
+        self_shares=np.zeros((2, 16), dtype=np.int64),
+        pairs=(),
+        pair_shares=np.zeros((0, 16), dtype=np.int64),
+    )
+    result = server.finish(responses)
+    assert "malformed" in server.rejected[IDS[0]]
+    np.testing.assert_array_equal(result.fixed_point_total, fixed_sum(xs, IDS))
+
+
+def test_roster_validation(keys):
+    with pytest.raises(ValidationError, match="threshold"):
+        keys.roster(threshold=9)
+    with pytest.raises(ValidationError, match="same clients"):
+        Roster(round=0, threshold=1, kem_keys={1: b"x"}, signing_keys={2: b"y"})
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("value", "n", "t"), [(2 / 3, 100, 67), (0.51, 10, 6), (1.0, 7, 7), (4, 6, 4)]
+)
+def test_threshold_count(value, n, t):
+    assert threshold_count(SecAggConfig(enabled=True, threshold=value), n) == t
+
+
+@pytest.mark.parametrize("value", [0.5, 0.2, 1.5, 1, 0, True])
+def test_threshold_validation(value):
+    with pytest.raises(ValidationError, match="threshold"):
+        SecAggConfig(threshold=value)
+
+
+def test_threshold_count_rejects_impossible_counts():
+    with pytest.raises(ConfigError, match="exceeds"):
+        threshold_count(SecAggConfig(threshold=11), 10)
+    with pytest.raises(ConfigError, match="majority"):
+        threshold_count(SecAggConfig(threshold=5), 10)
+
+
+def test_config_is_frozen_and_strict():
+    config = SecAggConfig(enabled=True)
+    assert config.scale == 2.0**16 and math.isclose(config.threshold, 2 / 3)
+    with pytest.raises(ValidationError):
+        SecAggConfig(enabled=True, shares=3)
+    with pytest.raises(ValidationError):
+        config.enabled = False  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="scale"):
+        SecAggConfig(scale=0)
+
+
+@pytest.mark.parametrize("rule", secagg.ROBUST_RULES)
+def test_robust_rules_are_rejected_under_secagg(rule):
+    with pytest.raises(ConfigError, match="only their sum"):
+        check_rule_compatible(rule)
+    with pytest.raises(ConfigError, match=rule):
+        check_secagg_config(SecAggConfig(enabled=True), clients_per_round=10, rule=rule)
+
+
+@pytest.mark.parametrize("rule", ["fedavg", "fedprox", "hybrid"])
+def test_sum_rules_are_accepted(rule):
+    check_rule_compatible(rule)
+    check_secagg_config(SecAggConfig(enabled=True), clients_per_round=10, rule=rule, clip=1.0)
+    check_secagg_config(SecAggConfig(enabled=False), clients_per_round=1, rule="krum")
+
+
+def test_fixed_point_range_is_checked_with_the_clip_norm():
+    config = SecAggConfig(enabled=True, scale=2.0**20)
+    check_secagg_config(config, clients_per_round=100, rule="fedavg", clip=10.0)
+    with pytest.raises(ConfigError, match="overflow"):
+        check_secagg_config(config, clients_per_round=100, rule="fedavg", clip=30.0)
