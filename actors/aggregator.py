@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import ray
 
-from federated.aggregate import AggregationConfig, AggregationInfo, Aggregator
+from federated.aggregate import AggregationConfig, AggregationInfo, Aggregator, PrivateStep
 from federated.messages import ClientUpdate
 
 
@@ -43,8 +43,9 @@ class AggregatorActor:
         weights: np.ndarray,
         *updates: ClientUpdate,
         reliability: Mapping[int, float] | None = None,
+        private: PrivateStep | None = None,
     ) -> tuple[np.ndarray, AggregationInfo]:
-        return self._aggregator.step(weights, updates, reliability)
+        return self._aggregator.step(weights, updates, reliability, private)
 
     def state(self) -> dict:
         return self._aggregator.optimizer.state()

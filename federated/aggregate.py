@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from federated.messages import ClientUpdate
+from federated.privacy import PrivacyConfig, private_mean
 from qfl.errors import TrainingError
 
 Rule = Literal["fedavg", "fedprox", "hybrid", "median", "trimmed_mean", "krum", "multi_krum"]
@@ -539,13 +540,50 @@ class Aggregator:
         weights: np.ndarray,
         updates: Sequence[ClientUpdate],
         reliability: Mapping[int, float] | None = None,
+        private: PrivateStep | None = None,
     ) -> tuple[np.ndarray, AggregationInfo]:
-        """w^(t+1) and what the round's aggregation did."""
+        """w^(t+1) and what the round's aggregation did.
+
+        With `private`, the round is DP-FedAvg (`federated.privacy.private_mean`): each
+        update clipped to C, Gaussian noise N(0, z^2 C^2) on the sum (central mode; local
+        mode: the clients noised their own), divided by the public number of sampled
+        clients, so that the noise scale does not depend on who answered.
+        """
         if self.quantum_mask is not None and self.quantum_mask.shape != weights.shape:
             raise TrainingError(
                 f"quantum mask shape {self.quantum_mask.shape} != weights shape {weights.shape}"
             )
+        if private is not None:
+            ordered = sorted(updates, key=lambda u: u.client_id)
+            delta = private_mean(
+                [u.delta for u in ordered],
+                private.config,
+                private.noise_multiplier,
+                private.rng,
+                denominator=private.sampled,
+            )
+            ids = tuple(u.client_id for u in ordered)
+            norm = float(np.linalg.norm(delta.astype(np.float64)))
+            info = AggregationInfo(
+                rule=f"dp_{private.config.mode}",
+                clients=ids,
+                weights=None,
+                selected=ids,
+                update_norm=norm,
+            )
+            return self.optimizer.step(weights, delta), info
         delta, info = combine(
             updates, self.config, quantum_mask=self.quantum_mask, reliability=reliability
         )
         return self.optimizer.step(weights, delta), info
+
+
+class PrivateStep(BaseModel):
+    """One DP round's parameters for `Aggregator.step`: the mechanism, z, the noise rng."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    config: PrivacyConfig
+    noise_multiplier: float = Field(ge=0.0)
+    rng: np.random.Generator
+    sampled: int = Field(ge=1)  # the public denominator: clients sampled this round

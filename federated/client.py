@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from federated.attacks import AttackConfig, attack_rng, corrupt_delta, poison_data
@@ -34,6 +35,7 @@ from federated.crosscheck import CrossCheckConfig, cross_check
 from federated.data import ArrayDataset, FederatedData
 from federated.messages import ClientTask, ClientUpdate
 from federated.models import ModelConfig, build_model, reseed, set_flat
+from federated.privacy import PrivacyConfig, noise_rng, privatize_local
 from federated.train import LocalResult, TrainConfig, local_train
 from ledger.crypto import Signer
 from ledger.keeper import SigningSpec, client_signer, sign_update, update_nonce
@@ -66,6 +68,16 @@ def update_noise_variance(shots: int | None, lr: float, steps: int, fidelity: fl
     return lr * lr * steps / (2.0 * shots * f * f)
 
 
+class LocalPrivacy(BaseModel):
+    """Local differential privacy of a runner's clients: the mechanism, z, the noise key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    config: PrivacyConfig
+    noise_multiplier: float = Field(ge=0.0)
+    master_secret: bytes  # seeds each client's noise (`federated.privacy.noise_rng`)
+
+
 def _fidelity(model: nn.Module) -> float:
     """The circuit fidelity of the model's quantum layer on its noise model (1 if none)."""
     for module in model.modules():
@@ -91,6 +103,7 @@ class ClientRunner:
         crosscheck: CrossCheckConfig | None = None,
         quantum_timeout_s: float | None = None,
         seed: int = 0,
+        local_dp: LocalPrivacy | None = None,
     ):
         self._data = data
         self._signing = signing
@@ -104,6 +117,7 @@ class ClientRunner:
         self._crosscheck = crosscheck
         self._timeout = quantum_timeout_s
         self._seed = seed
+        self._local_dp = local_dp
         self._model = self._build(quantum)
         self._quantum_models: OrderedDict[object, nn.Module] = OrderedDict()
 
@@ -135,6 +149,10 @@ class ClientRunner:
         if task.client_id in self._attackers and self._attack.corrupts_update:
             rng = attack_rng(task.seed)
             delta = corrupt_delta(delta, self._attack, rng)
+        if self._local_dp is not None:  # local DP: clip and noise before anything leaves
+            dp = self._local_dp
+            rng = noise_rng(dp.master_secret, task.round, task.client_id)
+            delta = privatize_local(delta, dp.config, dp.noise_multiplier, rng)
         start = time.perf_counter()
         record = None if self._signing is None else self._sign(task, result, delta, path)
         return ClientUpdate(

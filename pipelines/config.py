@@ -22,6 +22,7 @@ from federated.attacks import AttackConfig, num_attackers
 from federated.crosscheck import CrossCheckConfig
 from federated.data import DATASETS, PARTITIONS
 from federated.models import ModelConfig
+from federated.privacy import PrivacyConfig
 from federated.train import TrainConfig
 from ledger.keeper import LedgerConfig
 from pipelines.scheduler import ClientsConfig, SchedulerConfig
@@ -147,6 +148,7 @@ class ExperimentConfig(_Section):
     crosscheck: CrossCheckConfig | None = Field(
         None, description="hybrid verification of quantum updates against exact simulation"
     )
+    privacy: PrivacyConfig = PrivacyConfig()
     ledger: LedgerConfig = LedgerConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -177,6 +179,11 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 f"aggregation.rule {self.aggregation.rule} needs at least {needed} updates a "
                 f"round, but {per_round} clients are sampled"
+            )
+        if self.privacy.enabled and self.aggregation.rule not in ("fedavg", "fedprox"):
+            raise ValueError(
+                f"privacy.mode {self.privacy.mode} aggregates by DP-FedAvg (clipped mean plus "
+                f"Gaussian noise): set aggregation.rule fedavg, not {self.aggregation.rule!r}"
             )
         if (
             self.attack.kind != "none"

@@ -26,10 +26,13 @@ from actors.aggregator import AggregatorActor
 from actors.ledger_keeper import LedgerKeeperActor
 from actors.monitor import MonitorActor
 from actors.pool import ClientPool, RoundResult
+from federated.aggregate import PrivateStep
 from federated.attacks import select_attackers
+from federated.client import LocalPrivacy
 from federated.data import FederatedData, build_federated_data
 from federated.messages import ClientTask
 from federated.models import build_model, get_flat, quantum_param_mask, set_flat, weights_hash
+from federated.privacy import PrivacyAccountant, noise_rng, resolve_noise_multiplier, sample_rate
 from federated.sampling import client_seed, round_rng, sample_clients
 from federated.train import evaluate
 from ledger.keeper import RoundClosed, RoundPlan, SigningSpec
@@ -212,6 +215,8 @@ class Federation:
             quantum=config.quantum,
         )
         self.weights = get_flat(self.model)
+        self.master_secret = master_secret_from_run_seed(config.seed)
+        self.privacy = self._start_privacy()
         self.orchestrator, self.monitor = self._start_orchestration()
         self._snapshot: MonitorSnapshot | None = None  # the monitor's view of the next round
         self._plan: SchedulePlan | None = None  # the current round's plan
@@ -241,11 +246,45 @@ class Federation:
             crosscheck=config.crosscheck,
             quantum_timeout_s=config.scheduler.quantum_timeout_s,
             seed=config.seed,
+            local_dp=self._local_privacy(),
         )
         self.aggregator = AggregatorActor.remote(
             config.aggregation, quantum_mask=quantum_param_mask(self.model)
         )
         self.pool.wait_ready(timeout_s=config.ray.round_timeout_s)
+
+    def _start_privacy(self) -> PrivacyAccountant | None:
+        """The run's DP accountant with z resolved (calibrated for a target epsilon)."""
+        config, fed = self.config, self.config.federation
+        if not config.privacy.enabled:
+            return None
+        z = resolve_noise_multiplier(
+            config.privacy,
+            rounds=config.privacy.rounds or fed.rounds,
+            clients_per_round=fed.per_round,
+            n_clients=fed.clients,
+        )
+        rate = sample_rate(config.privacy, fed.per_round, fed.clients)
+        return PrivacyAccountant(config.privacy, z, rate)
+
+    def _local_privacy(self) -> LocalPrivacy | None:
+        if self.privacy is None or self.config.privacy.mode != "local":
+            return None
+        return LocalPrivacy(
+            config=self.config.privacy,
+            noise_multiplier=self.privacy.noise_multiplier,
+            master_secret=self.master_secret,
+        )
+
+    def _private_step(self, t: int, sampled: int) -> PrivateStep | None:
+        if self.privacy is None:
+            return None
+        return PrivateStep(
+            config=self.config.privacy,
+            noise_multiplier=self.privacy.noise_multiplier,
+            rng=noise_rng(self.master_secret, t),
+            sampled=sampled,
+        )
 
     def _start_orchestration(self):
         """The orchestrator and the resource monitor actor, when client kinds are configured."""
@@ -274,7 +313,7 @@ class Federation:
 
     def _start_ledger(self, run_id: str, path: Path):
         """Write genesis (keys from the run seed) and return the keeper and the signing spec."""
-        master = master_secret_from_run_seed(self.config.seed)
+        master = self.master_secret
         keeper = LedgerKeeperActor.remote(
             path,
             run_id=run_id,
@@ -346,10 +385,16 @@ class Federation:
         if accepted:
             # the updates as values (the driver holds them): cheaper than a ref per client
             aggregated = self.aggregator.aggregate_with_info.remote(
-                weights_ref, *accepted, reliability=self._reliability(accepted_ids)
+                weights_ref,
+                *accepted,
+                reliability=self._reliability(accepted_ids),
+                private=self._private_step(t, len(tasks)),
             )
             self.weights, info = ray.get(aggregated)
             aggregation = info.metrics()
+        if self.privacy is not None:
+            self.privacy.step()  # the round released an aggregate: it spends budget
+            aggregation |= self.privacy.metrics()
         ledger.accepted = len(accepted)
         ledger.sign_seconds = sum(u.sign_seconds for u in result.updates)
         record = _record(

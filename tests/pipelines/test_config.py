@@ -418,3 +418,15 @@ def test_set_reaches_into_a_list_item_by_index() -> None:
 def test_a_bad_indexed_override_names_the_path(override, message) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(REPO_CONFIGS / "outage.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["aggregation.rule=trimmed_mean"], "DP-FedAvg"),
+        (["privacy.mode=none"], "needs mode 'central' or 'local'"),
+    ],
+)
+def test_privacy_rejects_combinations_it_cannot_honour(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(REPO_CONFIGS / "dp.yaml", overrides)
