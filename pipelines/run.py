@@ -13,6 +13,7 @@ logs the round to MLflow and writes a checkpoint to runs/<run_id>/.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import ray
 import torch
 from pydantic import BaseModel, ConfigDict
+from ray.exceptions import RayError
 
 from actors.aggregator import AggregatorActor
 from actors.ledger_keeper import LedgerKeeperActor
@@ -126,18 +128,23 @@ class RunObserver:
 
 
 @contextlib.contextmanager
-def ray_session(config: RayConfig) -> Iterator[None]:
-    """Use the Ray already initialised in this process, or start/connect and stop after."""
+def ray_session(config: RayConfig, env_address: str | None = None) -> Iterator[None]:
+    """Use the Ray already initialised in this process, or start/connect and stop after.
+
+    `env_address` is RAY_ADDRESS, which Ray sets for a `ray job submit` driver: a run
+    without `--address` then joins that cluster instead of starting a local Ray.
+    """
     if ray.is_initialized():
         yield
         return
+    address = config.address or env_address
     try:
-        if config.address is None:
+        if address is None:
             ray.init(num_cpus=config.num_cpus, include_dashboard=False, logging_level="WARNING")
         else:
-            ray.init(address=config.address, logging_level="WARNING")
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = config.address or "a local Ray"
+            ray.init(address=address, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError, RayError) as exc:
+        where = address or "a local Ray"
         raise RunError(f"cannot start or reach {where}: {exc}") from exc
     try:
         yield
@@ -181,7 +188,7 @@ def run_experiment(
         tracker.log_params(config.flat())
         tracker.log_artifact(run_dir / "config.yaml")
         observer.on_start(tracker.run_id, config.federation.rounds)
-        with ray_session(config.ray):
+        with ray_session(config.ray, os.environ.get("RAY_ADDRESS")):
             summary = _round_loop(config, data, tracker, run_dir, observer)
     except KeyboardInterrupt:
         tracker.end("KILLED")

@@ -144,3 +144,48 @@ def test_hybrid_rule_beats_fedavg_when_half_the_quantum_clients_are_very_noisy(t
     assert _history(uri, hybrid.run_id, "updates.quantum") == [6.0] * 6
     # Eq. 7 shrinks the very noisy updates' quantum deltas
     assert min(_history(uri, hybrid.run_id, "agg_min_shrink")) < 0.5
+
+
+# --------------------------------------------------------------------------- fallback reasons
+
+
+def _fallback_reasons(summary):
+    return {f.reason for f in _fallbacks(summary.ledger_path)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # the resource's availability model fails every job it runs
+        (["resources[0].availability.job_failure_rate=0.999"], "transient job failure"),
+        # a device far noisier than the error-rate threshold the scheduler accepts
+        (["resources[0].noise.p2=0.3", "scheduler.max_p2=0.1"], "above scheduler.max_p2"),
+        # every quantum job takes longer than the allowed time
+        (["scheduler.quantum_timeout_s=0.001"], "timeout"),
+        # hybrid verification: a very noisy device's updates disagree with exact simulation
+        (
+            [
+                "resources[0].noise.p2=0.9",
+                "resources[0].noise.readout=0.45",
+                "crosscheck={min_cosine: 0.5, max_loss_increase: 0.0}",
+            ],
+            "cross-check",
+        ),
+    ],
+    ids=["job-failure", "error-rate", "timeout", "cross-check"],
+)
+def test_a_failing_quantum_job_falls_back_with_its_reason(tmp_path, overrides, expected):
+    summary, uri = _run(
+        tmp_path,
+        "fallback",
+        "outage.yaml",
+        *SMALL_OUTAGE,
+        "federation.rounds=2",
+        "resources[0].availability.outages=[]",
+        *overrides,
+    )
+    assert summary.rounds == 2
+    reasons = _fallback_reasons(summary)
+    assert reasons and all(expected in reason for reason in reasons), reasons
+    fallbacks = _history(uri, summary.run_id, "updates.fallback")
+    assert sum(fallbacks) == len(_fallbacks(summary.ledger_path)) > 0
