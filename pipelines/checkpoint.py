@@ -1,18 +1,28 @@
-"""Per-round checkpoints in the run folder, written atomically."""
+"""Per-round checkpoints in the run folder, written atomically, and the round log.
+
+A round is committed when its checkpoint is on disk: the weights after the round,
+the server optimizer's state (FedAdam's m and v) and the driver's JSON state
+(scheduler reliabilities and gains, resource states, the DP accountant's steps).
+`rounds.jsonl` holds one line per round, written just before the checkpoint; a
+resumed run drops the lines of rounds after its checkpoint (`truncate_rounds`), so
+the log and MLflow never hold a round that did not commit.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from qfl.errors import RunError
 
 CHECKPOINT = "checkpoint.npz"
 ROUNDS_LOG = "rounds.jsonl"
+_ARRAY_PREFIX = "array."
 
 
 class Checkpoint(BaseModel):
@@ -22,14 +32,23 @@ class Checkpoint(BaseModel):
 
     round: int
     weights: np.ndarray  # (P,) float32
+    state: dict[str, Any] = Field(default_factory=dict)  # JSON-able driver state
+    arrays: dict[str, np.ndarray] = Field(default_factory=dict)  # e.g. optimizer moments
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
-    """Write `checkpoint.npz` via a temporary file and an atomic rename."""
+    """Write `checkpoint.npz` via a temporary file, fsync and an atomic rename."""
     path = run_dir / CHECKPOINT
     tmp = path.with_suffix(".tmp.npz")
+    arrays = {f"{_ARRAY_PREFIX}{k}": v for k, v in checkpoint.arrays.items()}
     with open(tmp, "wb") as fh:
-        np.savez(fh, round=np.int64(checkpoint.round), weights=checkpoint.weights)
+        np.savez(
+            fh,
+            round=np.int64(checkpoint.round),
+            weights=checkpoint.weights,
+            state=np.array(json.dumps(checkpoint.state, sort_keys=True)),
+            **arrays,
+        )
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -40,11 +59,57 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise RunError(f"no checkpoint at {path}")
-    with np.load(path) as npz:
-        return Checkpoint(round=int(npz["round"]), weights=npz["weights"].astype(np.float32))
+    try:
+        with np.load(path) as npz:
+            state = json.loads(str(npz["state"])) if "state" in npz.files else {}
+            arrays = {
+                k.removeprefix(_ARRAY_PREFIX): npz[k]
+                for k in npz.files
+                if k.startswith(_ARRAY_PREFIX)
+            }
+            return Checkpoint(
+                round=int(npz["round"]),
+                weights=npz["weights"].astype(np.float32),
+                state=state,
+                arrays=arrays,
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunError(f"cannot read the checkpoint {path}: {exc}") from exc
 
 
 def append_round(run_dir: Path, record: dict) -> None:
     """Append one round's metrics as a JSON line (a local, human-readable history)."""
     with open(run_dir / ROUNDS_LOG, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_rounds(run_dir: Path) -> list[dict]:
+    """The round log's records, in order (empty if there is none)."""
+    path = run_dir / ROUNDS_LOG
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        return [json.loads(line) for line in lines if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path} is not valid JSON lines: {exc}") from exc
+
+
+def truncate_rounds(run_dir: Path, upto: int) -> list[dict]:
+    """Keep the log's records of rounds 1..`upto` (a torn last line is dropped too)."""
+    path = run_dir / ROUNDS_LOG
+    kept = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line the crash cut short
+            if isinstance(record, dict) and 1 <= record.get("round", 0) <= upto:
+                kept.append(record)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), "utf-8")
+        os.replace(tmp, path)
+    if [r["round"] for r in kept] != list(range(1, upto + 1)):
+        raise RunError(f"{path} lacks rounds of the checkpoint (has {[r['round'] for r in kept]})")
+    return kept

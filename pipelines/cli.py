@@ -1,6 +1,7 @@
 """The `qfl` command line.
 
     qfl run CONFIG [--set section.key=value ...] [--tracking-uri URI] [--address ADDR]
+            [--resume RUN_ID]
     qfl validate CONFIG [--set ...]      # check and print the resolved config
 
 Exit codes: 0 success, 1 a run that failed, 2 a bad config or usage (before any work),
@@ -38,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or the config's tracking.uri or sqlite:///mlflow.db)",
     )
     run.add_argument("--address", help="Ray address: 'auto' or ray://host:port (default: local)")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue a stopped run from its last committed round (same config, same run)",
+    )
     validate = commands.add_parser("validate", help="check a config and print it resolved")
     _config_args(validate)
     _ledger_parser(commands)
@@ -117,7 +123,11 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, console: Console) -
     )
     with _ProgressObserver(console) as observer:
         summary = run_experiment(
-            config, tracking_uri=uri, observer=observer, config_source=args.config
+            config,
+            tracking_uri=uri,
+            observer=observer,
+            config_source=args.config,
+            resume=args.resume,
         )
     console.print(_summary_table(summary))
     return 0

@@ -126,10 +126,34 @@ class Orchestrator:
             for k, n in enumerate(examples)
         }
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict:
+        """JSON-able state for a checkpoint: reliability, gains, each resource's last state."""
+        return {
+            "reliability": self.reliability.state(),
+            "gains": self.gains.state(),
+            "resources": {name: s.model_dump(mode="json") for name, s in self.states.items()},
+        }
+
+    def load_state(self, state: Mapping) -> None:
+        """Continue from `state()`: the simulators step on from the saved resource states."""
+        self.reliability.load_state(state["reliability"])
+        self.gains = GainTracker.from_state(state["gains"])
+        for name, saved in state["resources"].items():
+            previous = ResourceState.model_validate(saved)
+            self.states[name] = previous
+            self.simulators[name] = ResourceSimulator(
+                self.resources[name], seed=self.seed, previous=previous
+            )
+
     # ------------------------------------------------------------------ before a round
 
     def step_resources(self, round_: int) -> list[ResourceState]:
-        """Advance every resource to round `round_` (once per round, in order)."""
+        """Advance every resource to round `round_` (in order; again for the same round:
+        the states it already has, e.g. after a resume)."""
+        if self.states and all(state.round == round_ for state in self.states.values()):
+            return list(self.states.values())
         states = []
         for i, (name, simulator) in enumerate(self.simulators.items()):
             words = [self.seed, round_, RESOURCE_STREAM, i]

@@ -66,6 +66,21 @@ class Tracker:
             raise RunError(f"cannot open an MLflow run at {uri!r}: {exc}") from exc
         return cls(client, run.info.run_id, experiment_id)
 
+    @classmethod
+    def resume(cls, uri: str, run_id: str) -> Tracker:
+        """Reopen run `run_id` at `uri` (a killed or failed run) and mark it running."""
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            run = client.get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+        except (MlflowException, OSError) as exc:
+            raise RunError(f"cannot reopen MLflow run {run_id!r} at {uri!r}: {exc}") from exc
+        return cls(client, run_id, run.info.experiment_id)
+
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which metric `key` has a value in this run."""
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
     @property
     def artifact_uri(self) -> str:
         return self.client.get_run(self.run_id).info.artifact_uri

@@ -14,7 +14,9 @@ from pipelines.checkpoint import (
     Checkpoint,
     append_round,
     load_checkpoint,
+    read_rounds,
     save_checkpoint,
+    truncate_rounds,
 )
 from qfl.errors import QflError, RunError
 
@@ -52,8 +54,8 @@ def test_saved_file_is_a_plain_npz(tmp_path: Path) -> None:
     weights = np.linspace(-1, 1, 5, dtype=np.float32)
     save_checkpoint(tmp_path, Checkpoint(round=4, weights=weights))
     with np.load(tmp_path / CHECKPOINT, allow_pickle=False) as npz:
-        assert sorted(npz.files) == ["round", "weights"]
-        assert int(npz["round"]) == 4
+        assert sorted(npz.files) == ["round", "state", "weights"]
+        assert int(npz["round"]) == 4 and str(npz["state"]) == "{}"
         np.testing.assert_array_equal(npz["weights"], weights)
 
 
@@ -92,3 +94,26 @@ def test_append_round_appends_to_existing_log(tmp_path: Path) -> None:
     append_round(tmp_path, {"round": 1})
     lines = (tmp_path / ROUNDS_LOG).read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == [{"round": 0}, {"round": 1}]
+
+
+def test_driver_state_and_arrays_round_trip(tmp_path: Path) -> None:
+    state = {"reliability": {"3": 0.5}, "dp_steps": 7}
+    arrays = {"opt.m": np.arange(3, dtype=np.float32), "opt.v": np.ones(3, np.float32)}
+    weights = np.zeros(3, np.float32)
+    save_checkpoint(tmp_path, Checkpoint(round=7, weights=weights, state=state, arrays=arrays))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.round == 7 and loaded.state == state
+    assert sorted(loaded.arrays) == ["opt.m", "opt.v"]
+    np.testing.assert_array_equal(loaded.arrays["opt.m"], arrays["opt.m"])
+
+
+def test_truncate_rounds_drops_uncommitted_and_torn_lines(tmp_path: Path) -> None:
+    for r in (1, 2, 3):
+        append_round(tmp_path, {"round": r, "test_accuracy": r / 10})
+    with open(tmp_path / ROUNDS_LOG, "a", encoding="utf-8") as fh:
+        fh.write('{"round": 4, "test_acc')  # the crash cut this line short
+    kept = truncate_rounds(tmp_path, 2)
+    assert [r["round"] for r in kept] == [1, 2]
+    assert [r["round"] for r in read_rounds(tmp_path)] == [1, 2]
+    with pytest.raises(RunError, match="lacks rounds"):
+        truncate_rounds(tmp_path, 3)

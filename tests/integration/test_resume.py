@@ -1,0 +1,129 @@
+"""Issue 9: a driver killed with SIGKILL mid-run resumes from its last committed round."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import QUICKSTART, REPO
+from mlflow.tracking import MlflowClient
+
+from ledger.verify import verify_ledger
+from pipelines.checkpoint import read_rounds
+
+ROUNDS = 6
+COMMON = (
+    f"federation.rounds={ROUNDS}",
+    "federation.clients=8",
+    "federation.clients_per_round=4",  # sampled from the ledger's beacon: must replay exactly
+)
+
+
+def _qfl(tmp: Path, *args: str, **kwargs) -> subprocess.Popen:
+    command = [sys.executable, "-m", "pipelines.cli", "run", str(QUICKSTART), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        command,
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: the kill takes its local Ray too
+        **kwargs,
+    )
+
+
+def _overrides(tmp: Path, *extra: str) -> list[str]:
+    out = []
+    for item in (*COMMON, f"output.runs_dir={tmp / 'runs'}", *extra):
+        out += ["--set", item]
+    return out + ["--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"]
+
+
+def _kill_after(process: subprocess.Popen, runs: Path, rounds: int, timeout: float = 300) -> str:
+    """SIGKILL the run's process group once `rounds` rounds are committed; its run id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for folder in runs.glob("*"):
+            if len(read_rounds(folder)) >= rounds:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+                return folder.name
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it was killed:\n{process.stdout.read()}")
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail("no round committed in time")
+
+
+def _finish(process: subprocess.Popen) -> str:
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out
+    return out
+
+
+def _final_hash(uri: str, run_id: str) -> str:
+    return MlflowClient(uri).get_run(run_id).data.tags["final_weights_sha256"]
+
+
+@pytest.mark.parametrize("ledger", [True, False], ids=["ledger", "no-ledger"])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, ledger):
+    extra = () if ledger else ("ledger.enabled=false",)
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    reference_dir.mkdir()
+    killed_dir.mkdir()
+    reference = _qfl(reference_dir, *_overrides(reference_dir, *extra))
+    killed = _qfl(killed_dir, *_overrides(killed_dir, *extra))
+    run_id = _kill_after(killed, killed_dir / "runs", rounds=3)
+    _finish(reference)
+    committed = len(read_rounds(killed_dir / "runs" / run_id))
+    assert 3 <= committed < ROUNDS  # killed mid-run
+
+    resumed = _qfl(killed_dir, *_overrides(killed_dir, *extra), "--resume", run_id)
+    _finish(resumed)
+
+    uri = f"sqlite:///{killed_dir / 'mlflow.db'}"
+    (reference_id,) = [p.name for p in (reference_dir / "runs").iterdir()]
+    assert _final_hash(uri, run_id) == _final_hash(
+        f"sqlite:///{reference_dir / 'mlflow.db'}", reference_id
+    )
+    client = MlflowClient(uri)
+    assert [r.info.run_id for r in client.search_runs(["1"])] == [run_id]  # the same run
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "test_accuracy")]
+    assert sorted(steps) == list(range(1, ROUNDS + 1))  # none missing, none twice
+    rounds = read_rounds(killed_dir / "runs" / run_id)
+    assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
+    if ledger:
+        head = client.get_run(run_id).data.tags["ledger_head"]
+        report = verify_ledger(killed_dir / "runs" / run_id / "ledger.db", head=bytes.fromhex(head))
+        assert report.rounds_closed == ROUNDS
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    first = _qfl(tmp_path, *_overrides(tmp_path, "ledger.enabled=false", "federation.rounds=1"))
+    _finish(first)
+    (run_id,) = [p.name for p in (tmp_path / "runs").iterdir()]
+    other = _qfl(
+        tmp_path,
+        *_overrides(tmp_path, "ledger.enabled=false", "federation.rounds=2"),
+        "--resume",
+        run_id,
+    )
+    out, _ = other.communicate(timeout=300)
+    assert other.returncode == 1
+    assert "config differs" in out
+
+
+def test_resume_of_an_unknown_run_is_a_clear_error(tmp_path):
+    process = _qfl(tmp_path, *_overrides(tmp_path), "--resume", "no-such-run")
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 1 and "no run folder" in out
+    assert not (REPO / "runs" / "no-such-run").exists()
