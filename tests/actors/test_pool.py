@@ -58,3 +58,32 @@ def test_deadline_turns_stragglers_into_failures_without_hanging(setup):
     assert len(result.updates) + len(result.failures) == 6
     assert result.failures, "a deadline of 1 microsecond must leave clients unanswered"
     assert all("timeout" in f.reason for f in result.failures)
+
+
+def test_a_runner_killed_mid_round_turns_its_clients_into_failures():
+    """Issue 9: kill one runner actor by its handle while its clients train."""
+    data = build_federated_data("digits", n_clients=8, partition="iid", seed=0)
+    model = ModelConfig(hidden=(64,))
+    train = TrainConfig(epochs=300, batch_size=8)  # seconds per client: killed in the middle
+    pool = ClientPool.from_data(data, model, train, runners=2, num_cpus=0.5)
+    pool.wait_ready(timeout_s=120)
+    weights = get_flat(build_model(model, data.input_shape, data.num_classes, seed=0))
+    victim = pool.actors[1]
+    killer = _kill_later(victim, delay_s=1.5)
+    result = pool.run_round(ray.put(weights), _tasks(range(8)), timeout_s=240)
+    ray.get(killer)
+    assert len(result.updates) + len(result.failures) == 8
+    assert result.failures, "the killed runner's clients must be recorded as failed"
+    assert all("Actor" in f.reason or "actor" in f.reason for f in result.failures)
+    assert result.updates, "the surviving runner's clients still train"
+
+
+def _kill_later(actor, delay_s: float):
+    @ray.remote(num_cpus=0)
+    def kill(handles, delay):
+        import time
+
+        time.sleep(delay)
+        ray.kill(handles[0], no_restart=True)
+
+    return kill.remote([actor], delay_s)
