@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
 from qfl.errors import TrainingError
+
+if TYPE_CHECKING:
+    from quantum.executors.base import Overhead
 
 
 class ModelConfig(BaseModel):
@@ -261,8 +264,8 @@ def trained_mask(model: nn.Module) -> np.ndarray:
     return mask
 
 
-def quantum_overhead(model: nn.Module):
-    """Circuits and shots all quantum layers of `model` ran so far (`executors.base.Overhead`).
+def quantum_overhead(model: nn.Module) -> Overhead:
+    """Circuits and shots all quantum layers of `model` ran so far (zeros without any).
 
     Cumulative: subtract the snapshot taken before a task for that task's share.
     """

@@ -35,8 +35,9 @@ from qiskit_aer.noise import QuantumError as AerError
 
 from qfl.errors import QuantumResourceUnavailable
 
-ONE_QUBIT_GATES = ("rx", "ry", "rz", "h", "x", "y", "z", "s", "sx")
-TWO_QUBIT_GATES = ("cx", "cz", "swap")
+# inverses included (sdg, sxdg, tdg): ZNE folding adds them, and they must be as noisy
+ONE_QUBIT_GATES = ("rx", "ry", "rz", "h", "x", "y", "z", "s", "sdg", "sx", "sxdg", "t", "tdg")
+TWO_QUBIT_GATES = ("cx", "cz", "swap", "ecr", "rxx", "ryy", "rzz")
 IBM_HINT = 'pip install -e ".[ibm]"'
 
 _GENERIC = re.compile(r"^generic:(\d+)$")
@@ -77,6 +78,10 @@ class NoiseConfig(BaseModel):
         elif self.device is not None:
             raise ValueError(f"device={self.device!r} needs kind='device'")
         return self
+
+    def describe(self) -> dict[str, float | str]:
+        """The parameters that matter for this kind, flat, for logging (see `describe`)."""
+        return describe(self)
 
 
 def build_noise_model(config: NoiseConfig, seed: int = 0) -> NoiseModel | None:

@@ -33,6 +33,15 @@ independent per-qubit errors the measured mean of a Pauli string is a fixed
 combination of the exact expectations of its sub-strings (`readout_expansion`;
 symmetric flips just scale <P> by prod_q (1 - 2 p_q)); the shots are then
 drawn around that mean.
+
+Compilation and mitigation: a device snapshot, or a coupling map
+(`CompileConfig.coupling`), has the circuit compiled once by Algorithm 1
+(quantum/compile.py, cached in the executor's `CompileCache`). Error mitigation
+(quantum/mitigation.py) is planned once per group at construction: its folded
+circuits per scale factor (in the device's basis) and the Pauli strings that
+readout inversion and parity post-selection need; at run time they go to the
+backend in the same single call, and the group's outputs are rebuilt from them
+(readout inverse, parity ratio, extrapolation to zero noise).
 """
 
 from __future__ import annotations
@@ -48,12 +57,29 @@ from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter, ParameterExpression
 from qiskit.providers import BackendV2
 from qiskit.quantum_info import SparsePauliOp
-from qiskit.transpiler import generate_preset_pass_manager
+from qiskit.transpiler import Target
 from qiskit_aer.noise import NoiseModel
 
 from qfl.errors import QuantumError
 from quantum.circuits import VariationalCircuit
-from quantum.executors.base import Executor
+from quantum.compile import CompileCache, CompileConfig, CompiledCircuit, compile_with, translate
+from quantum.executors.base import Executor, Overhead
+from quantum.mitigation import (
+    Folding,
+    MitigationConfig,
+    OutputMap,
+    achieved_scale,
+    calibrate,
+    calibration_circuit,
+    check_scales,
+    extrapolate,
+    fold_circuit,
+    measurement_settings,
+    observable_bounds,
+    output_map,
+    parity_operator,
+    readout_from_calibration,
+)
 from quantum.noise import NoiseConfig, build_noise_model, device_backend, device_noise_model
 from quantum.parameter_shift import assemble, shifted_values, spsa_assemble, spsa_values
 
@@ -63,6 +89,7 @@ GradientMethod = Literal["parameter_shift", "spsa"]
 # the two-term parameter-shift rule holds for a parameter that enters one of them once as +-t + c
 SHIFT_RULE_GATES = frozenset({"rx", "ry", "rz", "p", "u1", "rxx", "ryy", "rzz", "rzx"})
 DEFAULT_PRECISION = 1 / 32  # 1024 shots
+CALIBRATION_STREAM = 0x5EAD  # readout calibration's random stream, next to the seed
 
 
 @dataclass(frozen=True)
@@ -98,15 +125,38 @@ def values_matrix(
     return np.concatenate([slots, np.broadcast_to(weights, (len(inputs), len(weights)))], axis=1)
 
 
-def transpile_to(
-    circuit: VariationalCircuit, backend: BackendV2, seed: int, optimization_level: int = 1
-) -> tuple[QuantumCircuit, tuple[SparsePauliOp, ...]]:
-    """The circuit in `backend`'s ISA, and the observables moved onto its physical qubits."""
-    manager = generate_preset_pass_manager(
-        optimization_level=optimization_level, backend=backend, seed_transpiler=seed
+def compile_for(
+    circuit: VariationalCircuit,
+    config: CompileConfig,
+    *,
+    seed: int,
+    cache: CompileCache,
+    device: BackendV2 | None = None,
+) -> tuple[CompiledCircuit, tuple[SparsePauliOp, ...]]:
+    """Algorithm 1 onto `device` (or config.coupling), cached; observables on physical qubits.
+
+    Only compilations that keep the two-term parameter-shift rule are accepted.
+    """
+    name = "coupling" if device is None else f"{device.name}:{device.num_qubits}:{seed}"
+    key = f"{name}|{config.model_dump_json()}|seed={seed}"
+    target = None if device is None else device.target
+    compiled = cache.get(
+        circuit.circuit,
+        key,
+        lambda: compile_with(
+            circuit.circuit, config, seed=seed, target=target, accept=shift_rule_holds
+        ),
     )
-    isa = manager.run(circuit.circuit)
-    return isa, tuple(op.apply_layout(isa.layout) for op in circuit.observables)
+    return compiled, tuple(compiled.apply_layout(op) for op in circuit.observables)
+
+
+def shift_rule_holds(circuit: QuantumCircuit) -> bool:
+    """Whether `check_shift_rule` accepts the circuit."""
+    try:
+        check_shift_rule(circuit)
+    except QuantumError:
+        return False
+    return True
 
 
 def check_shift_rule(circuit: QuantumCircuit) -> None:
@@ -212,10 +262,49 @@ def cheapest(plans: list[tuple[Group, ...]], rows: Callable[[int], int]) -> tupl
     return min(plans, key=lambda plan: sum(g.cost * rows(len(g.columns)) for g in plan))
 
 
+def _labels(observables: Sequence[SparsePauliOp]) -> list[str]:
+    return [label for op in observables for label in op.paulis.to_labels()]
+
+
+def _translated(
+    circuit: QuantumCircuit, target: Target | None, basis_gates: Sequence[str] | None
+) -> QuantumCircuit:
+    return translate(circuit, target=target, basis_gates=basis_gates)
+
+
+def _folded(
+    circuit: QuantumCircuit,
+    scale: float,
+    method: Folding,
+    target: Target | None,
+    basis_gates: Sequence[str] | None,
+) -> tuple[QuantumCircuit, float]:
+    """The folded circuit in the device's basis, and the noise scale it reached."""
+    if scale == 1.0:
+        return circuit, 1.0
+    folded = fold_circuit(circuit, scale, method)
+    return _translated(folded, target, basis_gates), achieved_scale(circuit, folded)
+
+
+@dataclass(frozen=True)
+class Mitigated:
+    """How one group's outputs are mitigated: its circuits per noise scale and the output map."""
+
+    groups: tuple[Group, ...]  # one per scale factor (just the group itself without zne)
+    scales: tuple[float, ...]  # noise scale each circuit reached
+    output: OutputMap  # measured strings -> outputs (readout inverse not yet applied)
+    bounds: np.ndarray  # (O_g,) |<O>| <= bound
+
+
 class ShotExecutor(Executor):
     """Expectations and Jacobians from batched estimator calls; subclasses run the calls.
 
-    `calls` counts backend calls: one per `expectations` and one per `jacobians`.
+    `calls` counts backend calls: one per `expectations` and one per `jacobians`
+    (plus one per readout calibration). With `mitigation`, the folded circuits of
+    every scale factor and the extra Pauli strings that readout inversion and
+    parity post-selection need run in that same call; the parameter-shift rule
+    then differentiates the mitigated estimator (each logical parameter shifted in
+    every folded copy of its gate). `overhead()` counts circuits and shots.
     """
 
     def __init__(
@@ -230,6 +319,11 @@ class ShotExecutor(Executor):
         spsa_step: float = 0.1,
         lightcone: bool = False,
         noisy: bool = True,
+        mitigation: MitigationConfig | None = None,
+        physical_qubits: Sequence[int] | None = None,
+        target: Target | None = None,
+        basis_gates: Sequence[str] | None = None,
+        cache: CompileCache | None = None,
     ):
         super().__init__(circuit)
         if gradient not in ("parameter_shift", "spsa"):
@@ -244,31 +338,183 @@ class ShotExecutor(Executor):
         self.spsa_samples = spsa_samples
         self.spsa_step = spsa_step
         self.calls = 0
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.run_circuit = run_circuit
         self.observables = tuple(observables)
+        self.mitigation = mitigation or MitigationConfig()
+        self.cache = CompileCache() if cache is None else cache
+        self.measured_qubits = tuple(sorted(set().union(*map(pauli_support, self.observables))))
+        physical = tuple(range(circuit.num_qubits)) if physical_qubits is None else physical_qubits
+        symmetry = None
+        if self.mitigation.symmetry:
+            symmetry = parity_operator(run_circuit.num_qubits, physical)
+            lightcone = False  # the parity's light cone is the whole circuit
         columns = value_columns(circuit)
         self._plans = plan_groups(
             run_circuit, self.observables, columns, lightcone=lightcone, noisy=noisy
         )
+        self._counts = Overhead()
+        self._mitigated: dict[int, Mitigated] = {}
+        self._calibration: tuple[Group, Group] | None = None
+        self._calibrated: dict[int, OutputMap] | None = None  # after readout calibration
+        self.readout_calibration: tuple[np.ndarray, np.ndarray] | None = None  # (a, b) per qubit
+        if self.mitigation.enabled:
+            self._plan_mitigation(symmetry, target, basis_gates)
+        self._settings = {
+            g.index: measurement_settings(_labels(g.observables)) for g in self.all_groups
+        }
+
+    def _plan_mitigation(
+        self,
+        symmetry: SparsePauliOp | None,
+        target: Target | None,
+        basis_gates: Sequence[str] | None,
+    ) -> None:
+        """Folded circuits per scale factor, strings to measure, calibration circuits."""
+        m = self.mitigation
+        counter = count(len(self.groups))
+        scales = m.scale_factors if m.zne else (1.0,)
+        sector = 1 if m.parity == "even" else -1
+        device = f"fold:{m.folding}:{target is not None}:{tuple(basis_gates or ())}"
+        for group in self.groups:
+            output = output_map(
+                group.observables, symmetry=symmetry, sector=sector, readout=m.readout
+            )
+            circuits, reached = [], []
+            for scale in scales:
+                folded = self.cache.get(
+                    group.circuit,
+                    f"{device}:{scale}",
+                    lambda g=group, s=scale: _folded(g.circuit, s, m.folding, target, basis_gates),
+                )
+                circuits.append(folded[0])
+                reached.append(folded[1])
+            check_scales(reached)
+            physical = []
+            for folded, scale in zip(circuits, reached, strict=True):
+                if list(folded.parameters) != list(group.circuit.parameters):
+                    raise QuantumError("folding changed the circuit's parameters")
+                physical.append(
+                    Group(
+                        group.outputs,
+                        folded,
+                        group.columns,
+                        output.observables,
+                        group.cost * scale,
+                        next(counter),
+                    )
+                )
+            bounds = observable_bounds(group.observables)
+            self._mitigated[group.index] = Mitigated(
+                tuple(physical), tuple(reached), output, bounds
+            )
+        if m.readout:
+            labels = {label for mg in self._mitigated.values() for label in mg.output.labels}
+            measured = sorted(set().union(*(pauli_support(SparsePauliOp(lb)) for lb in labels)))
+            n = self.run_circuit.num_qubits
+            z = tuple(SparsePauliOp.from_sparse_list([("Z", [q], 1.0)], n) for q in measured)
+            none = np.zeros(0, dtype=int)
+            self._calibration = tuple(  # type: ignore[assignment]
+                Group(
+                    np.arange(len(measured)),
+                    _translated(calibration_circuit(n, measured, state), target, basis_gates),
+                    none,
+                    z,
+                    1.0,
+                    next(counter),
+                )
+                for state in (0, 1)
+            )
 
     @property
     def groups(self) -> tuple[Group, ...]:
         """Every group of every plan, in `Group.index` order."""
         return tuple(g for plan in self._plans for g in plan)
 
+    @property
+    def all_groups(self) -> tuple[Group, ...]:
+        """The plans' groups, then the circuits mitigation adds, in `Group.index` order."""
+        extra = tuple(g for mg in self._mitigated.values() for g in mg.groups)
+        return self.groups + extra + (self._calibration or ())
+
     def reseed(self, seed: int) -> None:
-        """Restart the shot noise (and the SPSA directions) from `seed`."""
+        """Restart the shot noise (SPSA directions, readout calibration) from `seed`."""
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self._calibrated = None
+        self.readout_calibration = None
+
+    def overhead(self) -> Overhead:
+        return self._counts
 
     @abstractmethod
-    def _evaluate(self, batches: list[tuple[Group, np.ndarray]]) -> list[np.ndarray]:
-        """ONE backend call: per group, values (rows, n_g) -> estimates (rows, O_g)."""
+    def _evaluate(
+        self, batches: list[tuple[Group, np.ndarray]], shots: int | None, rng: np.random.Generator
+    ) -> list[np.ndarray]:
+        """ONE backend call: per group, values (rows, n_g) -> estimates (rows, O_g).
+
+        `shots` per circuit (None: exact expectation values, where the backend has
+        them); `rng` draws the shot noise.
+        """
+
+    def _count(self, batches: list[tuple[Group, np.ndarray]], shots: int | None) -> Overhead:
+        circuits = sum(len(rows) * self._settings[g.index] for g, rows in batches)
+        return Overhead(circuits, circuits * (shots or 0))
+
+    def _run(self, batches: list[tuple[Group, np.ndarray]]) -> list[np.ndarray]:
+        """Estimates of the plan's groups (rows, O_g), mitigated as configured."""
+        base = self._count(batches, self.shots)
+        self._counts += Overhead(0, 0, base.circuits, base.shots)
+        if not self.mitigation.enabled:
+            self._counts += base
+            return self._evaluate(batches, self.shots, self.rng)
+        outputs = self._calibrate()
+        physical = [(p, rows) for g, rows in batches for p in self._mitigated[g.index].groups]
+        raw = iter(self._evaluate(physical, self.shots, self.rng))
+        self._counts += self._count(physical, self.shots)
+        m = self.mitigation
+        out = []
+        for group, _ in batches:
+            mitigated = self._mitigated[group.index]
+            output = outputs.get(group.index, mitigated.output)
+            values = np.stack([output.apply(next(raw)) for _ in mitigated.groups])  # (m, rows, O)
+            if m.zne:
+                estimate = extrapolate(values, mitigated.scales, m.extrapolation, m.asymptote)
+            else:
+                estimate = values[0]
+            out.append(np.clip(estimate, -mitigated.bounds, mitigated.bounds))
+        return out
+
+    def _calibrate(self) -> dict[int, OutputMap]:
+        """Output maps with the readout inverse ({} without readout mitigation).
+
+        Calibrated once per seed (construction, `reseed`) from a stream of its own,
+        so the result does not depend on how many calls came before.
+        """
+        if self._calibration is None:
+            return {}
+        if self._calibrated is None:
+            shots = self.mitigation.calibration_shots
+            rng = np.random.default_rng([self.seed, CALIBRATION_STREAM])
+            none = np.zeros((1, 0))
+            batches = [(g, none) for g in self._calibration]
+            z0, z1 = self._evaluate(batches, shots, rng)
+            self._counts += self._count(batches, shots)
+            measured = self._calibration[0].observables
+            a, b = np.ones(self.run_circuit.num_qubits), np.zeros(self.run_circuit.num_qubits)
+            qubits = [next(iter(pauli_support(op))) for op in measured]
+            a[qubits], b[qubits] = readout_from_calibration(z0[0], z1[0])
+            self.readout_calibration = (a, b)
+            self._calibrated = {
+                index: calibrate(mg.output, a, b) for index, mg in self._mitigated.items()
+            }
+        return self._calibrated
 
     def expectations(self, inputs: np.ndarray, weights: np.ndarray) -> np.ndarray:
         values = values_matrix(self.circuit, inputs, weights)  # (B, S + P)
         plan = cheapest(self._plans, lambda n: 1)
-        results = self._evaluate([(g, values[:, g.columns]) for g in plan])
+        results = self._run([(g, values[:, g.columns]) for g in plan])
         out = np.zeros((len(values), self.circuit.num_outputs))  # (B, O)
         for group, result in zip(plan, results, strict=True):
             out[:, group.outputs] = result
@@ -295,7 +541,7 @@ class ShotExecutor(Executor):
             else:
                 rows = shifted_values(group_values, columns=wanted)  # (B*(1+2 k_g), n_g)
             batches.append((group, rows))
-        results = self._evaluate(batches)
+        results = self._run(batches)
         grads = np.zeros((batch, self.circuit.num_outputs, n_values))  # (B, O, S + P)
         for i, (group, result) in enumerate(zip(plan, results, strict=True)):
             columns = np.asarray(group.columns)
@@ -434,8 +680,10 @@ class AerExecutor(ShotExecutor):
     precision (default 1/32) or shots (precision = 1/sqrt(shots)) set the shots per
     Pauli term; precision=0 gives exact (noisy) expectation values. noise is a
     NoiseConfig, a ready NoiseModel (its gates must match the circuit's), or None.
-    A device snapshot (NoiseConfig kind='device') transpiles the circuit to that
-    device once, here.
+    A device snapshot (NoiseConfig kind='device') compiles the circuit to that
+    device once, here (Algorithm 1, `compilation` sets D_max); without one,
+    `compilation.coupling` routes it onto a coupling map. `mitigation` adds ZNE,
+    readout-error mitigation and parity post-selection (quantum/mitigation.py).
     """
 
     def __init__(
@@ -451,13 +699,27 @@ class AerExecutor(ShotExecutor):
         spsa_step: float = 0.1,
         lightcone: bool = True,
         backend_options: dict | None = None,
+        mitigation: MitigationConfig | None = None,
+        compilation: CompileConfig | None = None,
+        cache: CompileCache | None = None,
     ):
         from qiskit_aer.primitives import EstimatorV2
 
         self.shots = shots_from(shots, precision)
-        self.noise_model, self.device = resolve_noise(noise, seed)
-        if self.device is not None:
-            run_circuit, observables = transpile_to(circuit, self.device, seed)
+        noise_model, device = resolve_noise(noise, seed)
+        compilation = compilation or CompileConfig()
+        if device is not None and compilation.coupling is not None:
+            raise QuantumError(
+                "a device snapshot has its own coupling map: drop compilation.coupling"
+            )
+        cache = CompileCache() if cache is None else cache
+        self.compiled: CompiledCircuit | None = None
+        physical = None
+        if device is not None or compilation.coupling is not None:
+            self.compiled, observables = compile_for(
+                circuit, compilation, seed=seed, cache=cache, device=device
+            )
+            run_circuit, physical = self.compiled.circuit, self.compiled.physical_qubits
         else:
             run_circuit, observables = circuit.circuit, circuit.observables
         super().__init__(
@@ -469,16 +731,25 @@ class AerExecutor(ShotExecutor):
             spsa_samples=spsa_samples,
             spsa_step=spsa_step,
             lightcone=lightcone,
-            noisy=self.noise_model is not None,
+            noisy=noise_model is not None,
+            mitigation=mitigation,
+            physical_qubits=physical,
+            target=None if device is None else device.target,
+            basis_gates=compilation.basis_gates if self.compiled is not None else None,
+            cache=cache,
         )
+        self.noise_model, self.device = noise_model, device
+        self.target = None if device is None else device.target
         options = {"max_parallel_experiments": 0} | (backend_options or {})
         if self.noise_model is not None:
             options["noise_model"] = self.noise_model
         self.estimator = EstimatorV2(options={"backend_options": options, "run_options": {}})
         a, b = readout_channels(self.noise_model, run_circuit.num_qubits)
-        self._terms = [split_terms(g.observables, a, b) for g in self.groups]  # by Group.index
+        self._terms = {g.index: split_terms(g.observables, a, b) for g in self.all_groups}
 
-    def _evaluate(self, batches: list[tuple[Group, np.ndarray]]) -> list[np.ndarray]:
+    def _evaluate(
+        self, batches: list[tuple[Group, np.ndarray]], shots: int | None, rng: np.random.Generator
+    ) -> list[np.ndarray]:
         pubs = []
         for group, rows in batches:
             paulis = list(self._terms[group.index].paulis)
@@ -487,7 +758,7 @@ class AerExecutor(ShotExecutor):
             else:  # nothing to bind (Aer rejects empty bindings): one evaluation, shared
                 pubs.append((group.circuit, paulis))  # -> (T,)
         # Aer's own randomness (noise trajectories on large circuits), seeded per call
-        self.estimator.options.run_options["seed_simulator"] = int(self.rng.integers(2**31))
+        self.estimator.options.run_options["seed_simulator"] = int(rng.integers(2**31))
         results = self.estimator.run(pubs, precision=0.0).result()
         self.calls += 1
         out = []
@@ -496,6 +767,6 @@ class AerExecutor(ShotExecutor):
             evs = np.asarray(result.data.evs, dtype=float)
             exact = np.broadcast_to(evs.reshape(-1, evs.shape[-1]), (len(rows), evs.shape[-1]))
             # exact: (rows, T) -> measured means (rows, M) -> shot estimates
-            estimates = sample_shots(exact @ terms.readout.T, self.shots, self.rng)
+            estimates = sample_shots(exact @ terms.readout.T, shots, rng)
             out.append(estimates @ terms.coeffs)  # (rows, O_g)
         return out

@@ -22,9 +22,11 @@ batch in one pub per group), so a batch costs one queue wait, not thousands.
 The runtime's default error mitigation for the device applies (on hardware,
 resilience level 1: readout-error mitigation); shots per pub are `shots`.
 
-Circuits are transpiled once, at construction, to the device's ISA with
-qiskit's preset pass manager, and the observables are moved onto the chosen
-physical qubits; the parameter-shift path is the one of `ShotExecutor`.
+Circuits are compiled once, at construction, to the device's ISA by Algorithm 1
+(quantum/compile.py: qiskit's preset pass managers plus a depth loop when
+`compilation.depth_limit` is set), and the observables are moved onto the chosen
+physical qubits; the parameter-shift path and the error mitigation
+(`mitigation`) are those of `ShotExecutor`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from qiskit.providers import BackendV2
 
 from qfl.errors import QuantumError, QuantumResourceUnavailable
 from quantum.circuits import VariationalCircuit
-from quantum.executors.aer import GradientMethod, Group, ShotExecutor, transpile_to
+from quantum.compile import CompileCache, CompileConfig, CompiledCircuit
+from quantum.executors.aer import GradientMethod, Group, ShotExecutor, compile_for
+from quantum.mitigation import MitigationConfig
 from quantum.noise import IBM_HINT, fake_backend
 
 TOKEN_ENV = "QISKIT_IBM_TOKEN"
@@ -94,7 +98,10 @@ class IBMExecutor(ShotExecutor):
         gradient: GradientMethod = "parameter_shift",
         spsa_samples: int = 16,
         spsa_step: float = 0.1,
-        optimization_level: int = 1,
+        optimization_level: int | None = None,
+        mitigation: MitigationConfig | None = None,
+        compilation: CompileConfig | None = None,
+        cache: CompileCache | None = None,
     ):
         runtime = import_runtime()
         if shots is None or shots < 1:
@@ -103,10 +110,20 @@ class IBMExecutor(ShotExecutor):
             )
         self.local = is_fake(backend)
         if self.local:
-            self.device = fake_backend(backend)
+            device = fake_backend(backend)
         else:
-            self.device = real_backend(runtime, backend, token, channel, instance)
-        isa, observables = transpile_to(circuit, self.device, seed, optimization_level)
+            device = real_backend(runtime, backend, token, channel, instance)
+        compilation = compilation or CompileConfig()
+        if compilation.coupling is not None:
+            raise QuantumError("an IBM device has its own coupling map: drop compilation.coupling")
+        if optimization_level is not None:
+            compilation = compilation.model_copy(update={"optimization_level": optimization_level})
+        cache = CompileCache() if cache is None else cache
+        self.compiled: CompiledCircuit
+        self.compiled, observables = compile_for(
+            circuit, compilation, seed=seed, cache=cache, device=device
+        )
+        isa = self.compiled.circuit
         super().__init__(
             circuit,
             run_circuit=isa,
@@ -116,7 +133,13 @@ class IBMExecutor(ShotExecutor):
             spsa_samples=spsa_samples,
             spsa_step=spsa_step,
             lightcone=False,  # the device runs the circuit as transpiled
+            mitigation=mitigation,
+            physical_qubits=self.compiled.physical_qubits,
+            target=device.target,
+            cache=cache,
         )
+        self.device = device
+        self.target = device.target
         self.shots = shots
         with warnings.catch_warnings():
             # 0.50 deprecates EstimatorV2 in favour of a client-side Estimator; same interface
@@ -139,14 +162,27 @@ class IBMExecutor(ShotExecutor):
         kwargs.setdefault("instance", env.get(INSTANCE_ENV) or None)
         return cls(circuit, backend=backend, **kwargs)
 
-    def _evaluate(self, batches: list[tuple[Group, np.ndarray]]) -> list[np.ndarray]:
-        pubs = [(g.circuit, list(g.observables), rows[:, None, :]) for g, rows in batches]
+    def _evaluate(
+        self, batches: list[tuple[Group, np.ndarray]], shots: int | None, rng: np.random.Generator
+    ) -> list[np.ndarray]:
+        pubs = []
+        for group, rows in batches:
+            if group.columns.size:
+                pubs.append((group.circuit, list(group.observables), rows[:, None, :]))
+            else:  # nothing to bind: one evaluation, shared by the rows
+                pubs.append((group.circuit, list(group.observables)))
         if self.local:
             # the local simulator takes a seed (0 would read as "unset")
-            self.estimator.options.simulator.seed_simulator = int(self.rng.integers(1, 2**31))
-        results = self.estimator.run(pubs).result()
+            self.estimator.options.simulator.seed_simulator = int(rng.integers(1, 2**31))
+        self.estimator.options.default_shots = shots if shots is not None else self.shots
+        try:
+            results = self.estimator.run(pubs).result()
+        finally:
+            self.estimator.options.default_shots = self.shots
         self.calls += 1
-        return [
-            np.asarray(result.data.evs, dtype=float).reshape(len(rows), -1)  # (rows, O_g)
-            for (_, rows), result in zip(batches, results, strict=True)
-        ]
+        out = []
+        for (_, rows), result in zip(batches, results, strict=True):
+            evs = np.asarray(result.data.evs, dtype=float)
+            evs = evs.reshape(-1, evs.shape[-1])  # (rows or 1, O_g)
+            out.append(np.broadcast_to(evs, (len(rows), evs.shape[-1])).copy())
+        return out

@@ -96,3 +96,77 @@ def test_vqc_needs_one_feature_per_qubit():
 def test_quantum_kinds_need_a_quantum_section():
     with pytest.raises(TrainingError, match="quantum section"):
         build_model(ModelConfig(kind="hybrid"), (4,), 3, seed=0)
+
+
+def test_layers_active_evaluates_the_truncated_circuit():
+    config = QuantumConfig(qubits=3, layers=3, entanglement="ring", reupload=True)
+    layer = QuantumLayer(config, seed=4)
+    shallow = QuantumLayer(config.model_copy(update={"layers": 1}), seed=4)
+    with torch.no_grad():
+        shallow.theta.copy_(layer.theta[:3])
+    angles = torch.tensor([[0.2, -0.7, 1.1], [0.5, 0.1, -0.3]])
+    full = layer(angles)
+    layer.set_layers_active(1)
+    assert layer.layers_active == 1 and layer.theta.shape == (9,)
+    torch.testing.assert_close(layer(angles), shallow(angles))
+    assert not torch.allclose(layer(angles), full)
+    layer(angles).sum().backward()
+    assert layer.theta.grad[:3].abs().sum() > 0 and torch.all(layer.theta.grad[3:] == 0)
+    layer.set_layers_active(None)
+    torch.testing.assert_close(layer(angles), full)
+    with pytest.raises(QuantumError, match="1..3 layers"):
+        layer.set_layers_active(4)
+
+
+def test_penalty_counts_only_the_active_layers():
+    layer = QuantumLayer(QuantumConfig(qubits=2, layers=2, gamma=1.0), seed=5)
+    layer.set_layers_active(1)
+    assert layer.penalty().item() == pytest.approx((layer.theta[:2] ** 2).sum().item())
+
+
+def test_config_rejects_mitigation_and_compilation_where_they_cannot_apply():
+    from quantum.compile import CompileConfig
+    from quantum.mitigation import MitigationConfig
+
+    zne = MitigationConfig(techniques=("zne",))
+    with pytest.raises(ValidationError, match="mitigation needs aer or ibm"):
+        QuantumConfig(executor="exact", mitigation=zne)
+    with pytest.raises(ValidationError, match="no compilation"):
+        QuantumConfig(executor="exact", compilation=CompileConfig(depth_limit=10))
+    with pytest.raises(ValidationError, match="aer without a device"):
+        QuantumConfig(
+            executor="aer",
+            noise=NoiseConfig(kind="device", device="generic:5"),
+            compilation=CompileConfig(coupling="line"),
+        )
+    with pytest.raises(ValidationError, match="parity needs observables 'z'"):
+        QuantumConfig(
+            qubits=2,
+            executor="aer",
+            observables=("XX", "ZZ"),
+            mitigation=MitigationConfig(techniques=("parity",)),
+        )
+    ok = QuantumConfig(executor="aer", mitigation=zne, compilation=CompileConfig(coupling="ring"))
+    assert ok.mitigation.zne and ok.compilation.coupling == "ring"
+
+
+def test_layer_reports_its_executors_overhead():
+    from quantum.mitigation import MitigationConfig
+
+    zne = MitigationConfig(techniques=("zne",), scale_factors=(1, 3))
+    config = QuantumConfig(qubits=2, layers=2, executor="aer", shots=100, mitigation=zne)
+    layer = QuantumLayer(config, seed=0)
+    angles = torch.zeros(4, 2)
+    layer(angles)
+    layer.set_layers_active(1)
+    layer(angles)
+    overhead = layer.overhead()
+    # 4 rows per forward, in one group (2 qubits: light cones are the whole circuit), x2 scales
+    assert overhead.base_circuits == 8 and overhead.circuits == 16
+    assert overhead.shots == 1600 and overhead.extra_shots == 800
+    assert layer.overhead().as_dict()["extra_circuits"] == 8
+    from federated.models import quantum_overhead
+
+    model = build_model(ModelConfig(kind="vqc"), (2,), 2, seed=0, quantum=config)
+    model(torch.zeros(3, 2))
+    assert quantum_overhead(model).circuits == 6 and quantum_overhead(model).base_circuits == 3

@@ -115,3 +115,24 @@ def test_describe_lists_the_parameters_for_logging():
         "gate_time_1q_ns": 50.0,
         "gate_time_2q_ns": 300.0,
     }
+
+
+def test_config_describes_itself_flat():
+    config = NoiseConfig(kind="parametric", p2=0.02, readout=0.02)
+    assert (
+        config.describe()
+        == describe(config)
+        == {
+            "kind": "parametric",
+            "p1": 0.0,
+            "p2": 0.02,
+            "readout": 0.02,
+        }
+    )
+    assert all(isinstance(v, float | str) for v in config.describe().values())
+
+
+def test_inverse_gates_that_folding_adds_are_as_noisy_as_their_gates():
+    model = build_noise_model(NoiseConfig(kind="parametric", p1=0.01, p2=0.02))
+    assert {"sdg", "sxdg", "tdg"} <= set(model.noise_instructions)
+    assert {"rxx", "ryy", "rzz", "ecr"} <= set(model.noise_instructions)
