@@ -51,6 +51,10 @@ class ClientUpdate(BaseModel):
     noise_variance: float = Field(0.0, ge=0.0)  # est. per-parameter variance of quantum noise
     resource: str | None = None  # the quantum resource it ran on (or failed on)
     probe_gain: float | None = None  # L(w_t) - L(w_t + delta) on a probe batch, exact
+    circuits: int = Field(0, ge=0)  # quantum circuits its training ran (mitigation included)
+    shots: int = Field(0, ge=0)
+    extra_circuits: int = Field(0, ge=0)  # of which error mitigation added
+    extra_shots: int = Field(0, ge=0)
 
     @property
     def nbytes(self) -> int:

@@ -38,7 +38,9 @@ from pipelines.scheduler import (
     plan_round,
     select_clients,
 )
+from quantum.compile import CompileConfig
 from quantum.layer import QuantumConfig
+from quantum.mitigation import MitigationConfig
 from quantum.monitor import JobOutcome, MonitorSnapshot
 from quantum.noise import NoiseConfig
 from quantum.resources import (
@@ -58,18 +60,30 @@ PATHS = ("quantum", "classical", "fallback")
 def exact_quantum(quantum: QuantumConfig) -> QuantumConfig:
     """The classical path's quantum layer: the same circuit, simulated exactly."""
     fields = quantum.model_dump() | {"executor": "exact", "shots": None, "noise": NoiseConfig()}
-    return QuantumConfig.model_validate(fields | {"backend": None})
+    fields |= {"backend": None, "mitigation": MitigationConfig(), "compilation": CompileConfig()}
+    return QuantumConfig.model_validate(fields)
 
 
 def resource_quantum(
     quantum: QuantumConfig, resource: ResourceConfig, state: ResourceState
 ) -> QuantumConfig:
-    """The quantum path's layer on `resource` this round: its executor and current noise."""
+    """The quantum path's layer on `resource` this round: its executor and current noise,
+    its mitigation, and its circuits compiled to its coupling map and depth limit
+    (Algorithm 1; a device snapshot or an IBM backend brings its own coupling map)."""
+    noise = state.noise_config()
+    own_map = resource.executor == "ibm" or noise.kind == "device"
+    compilation = CompileConfig(
+        coupling=None if own_map else resource.edges(),
+        coupling_qubits=None if own_map else resource.qubits,
+        depth_limit=resource.depth_limit,
+    )
     fields = quantum.model_dump() | {
         "executor": resource.executor,
         "backend": resource.backend,
-        "noise": state.noise_config(),
+        "noise": noise,
         "shots": quantum.shots or 1024,
+        "mitigation": resource.mitigation,
+        "compilation": compilation,
     }
     return QuantumConfig.model_validate(fields)
 

@@ -41,6 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qfl.errors import QuantumResourceUnavailable
+from quantum.mitigation import MitigationConfig
 from quantum.noise import NoiseConfig, device_backend
 
 CouplingName = Literal["line", "ring", "full", "heavy_hex"]
@@ -106,6 +107,9 @@ class ResourceConfig(_Config):
     noise: NoiseConfig = NoiseConfig()
     shots_budget: int = Field(10_000_000, ge=1, description="shots this resource gives a round")
     depth_limit: int | None = Field(None, ge=1, description="Algorithm 1's D_max, if any")
+    mitigation: MitigationConfig = Field(
+        MitigationConfig(), description="error mitigation its jobs run with (default none)"
+    )
     availability: AvailabilityConfig = AvailabilityConfig()
 
     @model_validator(mode="after")
