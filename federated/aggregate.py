@@ -34,6 +34,7 @@ from typing import Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from federated.layerwise import masked_average
 from federated.messages import ClientUpdate
 from federated.privacy import PrivacyConfig, private_mean
 from qfl.errors import TrainingError
@@ -452,7 +453,15 @@ def combine(
     share: np.ndarray | None = None
     selected, shrink = ids, None
     rule = config.rule
-    if rule in ("fedavg", "fedprox"):
+    masks = [u.trained for u in ordered]
+    if rule in ("fedavg", "fedprox") and any(m is not None for m in masks):
+        # heterogeneous depth: each entry averaged over the clients that trained it
+        share = np.asarray(counts, np.float64) / max(sum(counts), 1)
+        full = [
+            np.ones(d.shape, bool) if m is None else m for d, m in zip(deltas, masks, strict=True)
+        ]
+        delta = masked_average(deltas, share, full).astype(np.float32)
+    elif rule in ("fedavg", "fedprox"):
         delta = fedavg(deltas, counts)
         share = np.asarray(counts, np.float64) / max(sum(counts), 1)
     elif rule == "hybrid":

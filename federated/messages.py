@@ -30,6 +30,7 @@ class ClientTask(BaseModel):
     quantum: QuantumConfig | None = None  # quantum path: the resource's executor, noise, shots
     job_failure: str | None = None  # the resource's simulated job failure this round, if any
     fallback: str | None = None  # classical because its resource was not available: why
+    layers_active: int | None = None  # quantum path: train only the first L_k layers
     probe: bool = False  # measure the update's probe-loss gain (exact simulation)
 
 
@@ -51,6 +52,7 @@ class ClientUpdate(BaseModel):
     noise_variance: float = Field(0.0, ge=0.0)  # est. per-parameter variance of quantum noise
     resource: str | None = None  # the quantum resource it ran on (or failed on)
     probe_gain: float | None = None  # L(w_t) - L(w_t + delta) on a probe batch, exact
+    trained: np.ndarray | None = None  # (P,) bool: the entries it trained (None: all)
     circuits: int = Field(0, ge=0)  # quantum circuits its training ran (mitigation included)
     shots: int = Field(0, ge=0)
     extra_circuits: int = Field(0, ge=0)  # of which error mitigation added

@@ -38,7 +38,9 @@ from pipelines.scheduler import (
     plan_round,
     select_clients,
 )
-from quantum.compile import CompileConfig
+from qfl.errors import QuantumResourceUnavailable
+from quantum.circuits import build_circuit
+from quantum.compile import CompileConfig, compile_with
 from quantum.layer import QuantumConfig
 from quantum.mitigation import MitigationConfig
 from quantum.monitor import JobOutcome, MonitorSnapshot
@@ -124,6 +126,33 @@ class Orchestrator:
         self.reliability = ReliabilityTracker.from_config(scheduler)
         self.gains = GainTracker(scheduler.gain_window)
         self.jobs = self._jobs(examples, epochs, batch_size)
+        self.layers = {name: self._layers_within(cfg) for name, cfg in self.resources.items()}
+
+    def _layers_within(self, resource: ResourceConfig) -> int | None:
+        """L_k: the most layers whose circuit, compiled to the resource, meets its depth limit.
+
+        None: all layers (no limit, or no quantum layer). Heterogeneous depth: clients of
+        this resource train only the first L_k layers; aggregation averages each layer
+        over the clients that hold it (`federated.layerwise`).
+        """
+        if self.quantum is None or resource.depth_limit is None:
+            return None
+        for layers in range(self.quantum.layers, 0, -1):
+            shape = self.quantum.circuit_config().model_copy(update={"layers": layers})
+            compiled = compile_with(
+                build_circuit(shape).circuit,
+                CompileConfig(
+                    coupling=resource.edges(),
+                    coupling_qubits=resource.qubits,
+                    depth_limit=resource.depth_limit,
+                ),
+                seed=self.seed,
+            )
+            if compiled.report.met:
+                return None if layers == self.quantum.layers else layers
+        raise QuantumResourceUnavailable(
+            f"resource {resource.name}: even one layer exceeds depth_limit={resource.depth_limit}"
+        )
 
     def _jobs(self, examples: Sequence[int], epochs: int, batch: int) -> dict[int, QuantumJob]:
         if self.quantum is None:
@@ -222,6 +251,7 @@ class Orchestrator:
             "resource": name,
             "quantum": resource_quantum(self.quantum, self.resources[name], state),
             "job_failure": failure,
+            "layers_active": self.layers.get(name),
         }
 
     # ------------------------------------------------------------------ after a round
@@ -275,6 +305,9 @@ class Orchestrator:
     def metrics(self, plan: SchedulePlan, updates: Sequence[ClientUpdate]) -> dict[str, float]:
         """Updates per path, mean client loss per kind, the plan's counts."""
         out = {f"updates.{path}": float(sum(u.path == path for u in updates)) for path in PATHS}
+        if self.quantum is not None:  # heterogeneous depth: the layers each resource trains
+            full = self.quantum.layers
+            out |= {f"layers.{name}": float(k or full) for name, k in self.layers.items()}
         for kind in KINDS:
             losses = [u.loss for u in updates if self.roster.kind(u.client_id) == kind]
             if losses:

@@ -686,3 +686,22 @@ def test_non_finite_updates_are_dropped_and_reported(rule: str, bad: float) -> N
 def test_only_non_finite_updates_is_an_error() -> None:
     with pytest.raises(TrainingError, match=r"no client update to aggregate \(non-finite: \[3\]\)"):
         combine([update(3, f32(float("nan")))], AggregationConfig())
+
+
+def test_fedavg_averages_each_entry_over_the_clients_that_trained_it():
+    """Heterogeneous depth: a client that trained fewer layers sends no delta for the rest."""
+    from federated.aggregate import AggregationConfig, combine
+    from federated.messages import ClientUpdate
+
+    deep = ClientUpdate(
+        client_id=0, round=0, num_samples=30, loss=0.0, seconds=0.0,
+        delta=np.array([1.0, 1.0, 4.0, 4.0], np.float32),
+    )  # fmt: skip
+    shallow = ClientUpdate(
+        client_id=1, round=0, num_samples=10, loss=0.0, seconds=0.0,
+        delta=np.array([5.0, 5.0, 0.0, 0.0], np.float32),
+        trained=np.array([True, True, False, False]),
+    )  # fmt: skip
+    delta, _ = combine([deep, shallow], AggregationConfig())
+    # entries 0-1: (30 * 1 + 10 * 5) / 40 = 2; entries 2-3: only the deep client's 4
+    np.testing.assert_allclose(delta, [2.0, 2.0, 4.0, 4.0])

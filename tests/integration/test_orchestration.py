@@ -189,3 +189,13 @@ def test_a_failing_quantum_job_falls_back_with_its_reason(tmp_path, overrides, e
     assert reasons and all(expected in reason for reason in reasons), reasons
     fallbacks = _history(uri, summary.run_id, "updates.fallback")
     assert sum(fallbacks) == len(_fallbacks(summary.ledger_path)) > 0
+
+
+def test_heterogeneous_depth_trains_the_shallow_resource_on_one_layer(tmp_path):
+    summary, uri = _run(tmp_path, "hetero", "heterogeneous-depth.yaml", "federation.rounds=3")
+    assert summary.rounds == 3
+    # a ring of 2+ layers routed onto the shallow device's line exceeds its depth limit
+    assert _history(uri, summary.run_id, "layers.shallow") == [1.0] * 3
+    assert _history(uri, summary.run_id, "layers.deep") == [3.0] * 3
+    assert _history(uri, summary.run_id, "updates.quantum") == [4.0] * 3
+    assert summary.final_accuracy > 0.4
