@@ -9,14 +9,15 @@ still unanswered at the deadline becomes a `ClientFailure`: failures are data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from actors.client_runner import ClientRunnerActor
-from federated.client import balance
+from federated.client import SecAggSpec, SecureTrained, balance
 from federated.data import FederatedData
 from federated.messages import ClientFailure, ClientTask, ClientUpdate
 from federated.models import ModelConfig
@@ -78,11 +79,74 @@ class ClientPool:
         costs: Sequence[float] | None = None,
     ) -> RoundResult:
         """Train every task's client from `weights_ref`; never raises for a client's fault."""
+        submitted, _ = self._submit("train", weights_ref, tasks, costs)
+        ready, failures = self._wait(submitted, timeout_s)
+        return _collect([(submitted[ref], ref) for ref in ready], failures)
+
+    def train_secure(
+        self,
+        weights_ref: ray.ObjectRef,
+        tasks: Sequence[ClientTask],
+        timeout_s: float,
+        costs: Sequence[float] | None,
+        roster: ray.ObjectRef,
+        spec: SecAggSpec,
+    ) -> tuple[dict[int, tuple[int, SecureTrained]], list[ClientFailure]]:
+        """Secure step 1 for every task (planned as in `run_round`): client id -> (the slot
+        of the runner that now holds its state, its answer), and the failures."""
+        submitted, slots = self._submit("secure_train", weights_ref, tasks, costs, roster, spec)
+        ready, failures = self._wait(submitted, timeout_s)
+        result = _collect([(submitted[ref], ref) for ref in ready], failures)
+        trained = {u.client_id: (slots[u.client_id], u) for u in result.updates}
+        return trained, result.failures
+
+    def call_slots(
+        self, method: str, calls: Mapping[int, tuple], timeout_s: float
+    ) -> tuple[dict[int, Any], dict[int, str]]:
+        """`method(*args)` on the runner of each slot in `calls`, at once, with one deadline.
+
+        Returns slot -> answer for those that answered, and slot -> reason for the runners
+        that raised, died or missed the deadline.
+        """
+        submitted = {
+            getattr(self.actors[slot], method).remote(*args): slot for slot, args in calls.items()
+        }
+        ready, unanswered = ray.wait(
+            list(submitted), num_returns=len(submitted), timeout=timeout_s, fetch_local=False
+        )
+        answers: dict[int, Any] = {}
+        failed: dict[int, str] = {}
+        for ref in unanswered:
+            ray.cancel(ref)
+            failed[submitted[ref]] = f"no answer within the stage timeout ({timeout_s}s)"
+        for ref in ready:
+            try:
+                answers[submitted[ref]] = ray.get(ref, timeout=60)
+            except (RayTaskError, RayActorError, GetTimeoutError) as exc:
+                failed[submitted[ref]] = _reason(exc)
+        return answers, failed
+
+    def _submit(
+        self,
+        method: str,
+        weights_ref: ray.ObjectRef,
+        tasks: Sequence[ClientTask],
+        costs: Sequence[float] | None,
+        *extra,
+    ) -> tuple[dict[ray.ObjectRef, ClientTask], dict[int, int]]:
+        """Plan the tasks onto the runners (`balance`) and submit them all at once."""
         plan = balance(costs if costs is not None else [1.0] * len(tasks), len(self.actors))
         submitted = {
-            self.actors[slot].train.remote(weights_ref, task): task
+            getattr(self.actors[slot], method).remote(weights_ref, task, *extra): task
             for task, slot in zip(tasks, plan, strict=True)
         }
+        slots = {task.client_id: slot for task, slot in zip(tasks, plan, strict=True)}
+        return submitted, slots
+
+    def _wait(
+        self, submitted: dict[ray.ObjectRef, ClientTask], timeout_s: float
+    ) -> tuple[list[ray.ObjectRef], list[ClientFailure]]:
+        """One `ray.wait` with the round deadline; the unanswered are cancelled and failed."""
         ready, unanswered = ray.wait(
             list(submitted), num_returns=len(submitted), timeout=timeout_s, fetch_local=False
         )
@@ -91,11 +155,12 @@ class ClientPool:
             ray.cancel(ref)
             reason = f"no answer within the round timeout ({timeout_s}s)"
             failures.append(_failure(submitted[ref], reason))
-        return _collect([(submitted[ref], ref) for ref in ready], failures)
+        return ready, failures
 
 
 def _collect(done: list[tuple[ClientTask, ray.ObjectRef]], failures: list[ClientFailure]):
-    """Fetch the finished tasks' updates in one call; on any error, one by one.
+    """Fetch the finished tasks' answers (updates, or secure step-1 answers) in one call;
+    on any error, one by one.
 
     A single `ray.get` over all refs costs one round trip instead of one per client; when
     it raises (a client's task failed, an actor died), the per-ref pass finds which.

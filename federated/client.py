@@ -23,7 +23,9 @@ import heapq
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,13 +36,37 @@ from federated.attacks import AttackConfig, attack_rng, corrupt_delta, poison_da
 from federated.crosscheck import CrossCheckConfig, cross_check
 from federated.data import ArrayDataset, FederatedData
 from federated.messages import ClientTask, ClientUpdate
-from federated.models import ModelConfig, build_model, reseed, set_flat
-from federated.privacy import PrivacyConfig, noise_rng, privatize_local
+from federated.models import (
+    ModelConfig,
+    build_model,
+    quantum_overhead,
+    reseed,
+    set_flat,
+    set_layers_active,
+    trained_mask,
+)
+from federated.privacy import PrivacyConfig, clip_update, noise_rng, privatize_local
+from federated.secagg import (
+    KeyExchange,
+    MaskedInput,
+    Roster,
+    SecAggClient,
+    SecAggError,
+    ShareBundle,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskResponse,
+    digest_carrier,
+    kem_seed,
+    masked_digest,
+    round_secret,
+)
 from federated.train import LocalResult, TrainConfig, local_train
-from ledger.crypto import Signer
+from ledger.crypto import Signer, Verifier
 from ledger.keeper import SigningSpec, client_signer, sign_update, update_nonce
-from ledger.records import Update
-from qfl.errors import QuantumError, TrainingError
+from ledger.records import Update, UpdatePath
+from qfl.errors import QflError, QuantumError, TrainingError
+from quantum.executors.base import Overhead
 from quantum.layer import QuantumLayer
 
 SIGNER_CACHE = 4096  # ML-DSA-65 signers kept per runner (a few KB each)
@@ -76,6 +102,96 @@ class LocalPrivacy(BaseModel):
     config: PrivacyConfig
     noise_multiplier: float = Field(ge=0.0)
     master_secret: bytes  # seeds each client's noise (`federated.privacy.noise_rng`)
+
+
+class SecAggSpec(BaseModel):
+    """What a runner needs for secure aggregation: the key root, the backend, the scale.
+
+    master_secret derives each client's ML-KEM key (`federated.secagg.kem_seed`), its
+    ML-DSA-65 key (`ledger.keeper.client_signer`, the key registered on the ledger) and its
+    round secret. clip: central DP's C; clients clip before masking (the server cannot).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    master_secret: bytes
+    backend: Literal["liboqs", "cryptography"]
+    scale: float = Field(gt=0.0)
+    clip: float | None = Field(None, gt=0.0)
+
+
+class SecureTrained(BaseModel):
+    """A client's answer to secure step 1: how training went (no update) and its key exchange."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    client_id: int
+    round: int
+    num_samples: int = Field(ge=0)
+    loss: float
+    seconds: float = Field(ge=0.0)
+    path: UpdatePath = "classical"
+    fallback_reason: str | None = None
+    noise_variance: float = Field(0.0, ge=0.0)
+    resource: str | None = None
+    probe_gain: float | None = None
+    exchange: KeyExchange
+    exchange_seconds: float = Field(0.0, ge=0.0)  # key generation, encapsulation, signing
+
+    def update(self, delta: np.ndarray, record: Update | None, sign_seconds: float) -> ClientUpdate:
+        """The `ClientUpdate` the ledger and the round record see, with `delta` standing in."""
+        return ClientUpdate(
+            client_id=self.client_id,
+            round=self.round,
+            num_samples=self.num_samples,
+            loss=self.loss,
+            delta=delta,
+            seconds=self.seconds,
+            record=record,
+            sign_seconds=sign_seconds,
+            path=self.path,
+            fallback_reason=self.fallback_reason,
+            noise_variance=self.noise_variance,
+            resource=self.resource,
+            probe_gain=self.probe_gain,
+        )
+
+
+class SecureMasked(BaseModel):
+    """A client's answer to secure step 3: its masked input, signed for the ledger."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    masked: MaskedInput
+    record: Update | None = None  # signs digest_carrier(masked_digest(masked)); None: no ledger
+    sign_seconds: float = Field(0.0, ge=0.0)
+    seconds: float = Field(0.0, ge=0.0)  # decrypting shares and masking
+
+
+@dataclass
+class _Trained:
+    """A client's local result before anything leaves the runner."""
+
+    result: LocalResult
+    delta: np.ndarray
+    path: UpdatePath
+    reason: str | None
+    noise_variance: float
+    gain: float | None
+
+
+@dataclass
+class _Session:
+    """One client's secure-aggregation state in one round, on the runner that trained it."""
+
+    task: ClientTask
+    trained: _Trained
+    delta: np.ndarray | None  # the clipped update until it is masked, then dropped
+    client: SecAggClient
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _fidelity(model: nn.Module) -> float:
@@ -120,6 +236,13 @@ class ClientRunner:
         self._local_dp = local_dp
         self._model = self._build(quantum)
         self._quantum_models: OrderedDict[object, nn.Module] = OrderedDict()
+        self._overhead = Overhead()  # quantum circuits and shots of the last training
+        self._trained_mask: np.ndarray | None = None
+        # secure aggregation: the open round's per-client state, dropped when it ends
+        self._secagg_signers = functools.lru_cache(maxsize=SIGNER_CACHE)(client_signer)
+        self._verifiers: dict[str, Verifier] = {}
+        self._secure_round: int | None = None
+        self._sessions: dict[int, _Session] = {}
 
     def _build(self, quantum) -> nn.Module:
         data = self._data
@@ -129,9 +252,37 @@ class ClientRunner:
 
     def run(self, task: ClientTask, weights: np.ndarray) -> ClientUpdate:
         """Train client `task.client_id` from `weights` on its path; return its update."""
+        trained = self._compute(task, weights)
+        result, delta, path = trained.result, trained.delta, trained.path
+        start = time.perf_counter()
+        record = None if self._signing is None else self._sign(task, result, delta, path)
+        return ClientUpdate(
+            client_id=task.client_id,
+            round=task.round,
+            num_samples=result.num_samples,
+            loss=result.loss,
+            delta=delta,
+            seconds=result.seconds,
+            record=record,
+            sign_seconds=time.perf_counter() - start if record is not None else 0.0,
+            path=path,
+            fallback_reason=trained.reason,
+            noise_variance=trained.noise_variance,
+            resource=task.resource,
+            probe_gain=trained.gain,
+            circuits=self._overhead.circuits,
+            shots=self._overhead.shots,
+            extra_circuits=max(0, self._overhead.extra_circuits),
+            extra_shots=max(0, self._overhead.extra_shots),
+            trained=self._trained_mask,
+        )
+
+    def _compute(self, task: ClientTask, weights: np.ndarray) -> _Trained:
+        """Train on the task's path, attack if an attacker, noise if local DP; no signing."""
         if not 0 <= task.client_id < len(self._data.client_indices):
             raise TrainingError(f"client {task.client_id} is not registered")
         data = self._client_data(task.client_id)
+        self._trained_mask = None  # set by a quantum update that trained fewer layers
         path, reason, noise_variance = "classical", None, 0.0
         if task.fallback is not None:  # planned quantum, but its resource was not available
             path, reason = "fallback", task.fallback
@@ -153,23 +304,7 @@ class ClientRunner:
             dp = self._local_dp
             rng = noise_rng(dp.master_secret, task.round, task.client_id)
             delta = privatize_local(delta, dp.config, dp.noise_multiplier, rng)
-        start = time.perf_counter()
-        record = None if self._signing is None else self._sign(task, result, delta, path)
-        return ClientUpdate(
-            client_id=task.client_id,
-            round=task.round,
-            num_samples=result.num_samples,
-            loss=result.loss,
-            delta=delta,
-            seconds=result.seconds,
-            record=record,
-            sign_seconds=time.perf_counter() - start if record is not None else 0.0,
-            path=path,
-            fallback_reason=reason,
-            noise_variance=noise_variance,
-            resource=task.resource,
-            probe_gain=gain,
-        )
+        return _Trained(result, delta, path, reason, noise_variance, gain)
 
     def _client_data(self, client_id: int) -> ArrayDataset:
         data = self._data.client(client_id)
@@ -181,18 +316,34 @@ class ClientRunner:
         self, model: nn.Module, task: ClientTask, data: ArrayDataset, weights: np.ndarray
     ) -> LocalResult:
         reseed(model, task.seed)
-        return local_train(model, data, weights, self._train, seed=task.seed, prox_mu=self._prox_mu)
+        before = quantum_overhead(model)
+        result = local_train(
+            model, data, weights, self._train, seed=task.seed, prox_mu=self._prox_mu
+        )
+        self._overhead = quantum_overhead(model) - before  # what this training ran
+        return result
 
     def _quantum_update(
         self, task: ClientTask, data: ArrayDataset, weights: np.ndarray
     ) -> tuple[LocalResult, float]:
         """Train on the task's quantum resource; raise QuantumError when it must fall back."""
         if task.job_failure is not None:
-            raise QuantumError(f"resource {task.resource}: {task.job_failure}")
+            raise QuantumError(task.job_failure)
         if task.quantum is None:
             raise QuantumError(f"quantum task of client {task.client_id} names no quantum config")
         model = self._quantum_model(task.quantum)
-        result = self._local_train(model, task, data, weights)
+        if task.layers_active is None:
+            result = self._local_train(model, task, data, weights)
+        else:  # a shallower device: its truncated circuit; no delta for the other layers
+            set_layers_active(model, task.layers_active)
+            try:
+                result = self._local_train(model, task, data, weights)
+                mask = trained_mask(model)
+            finally:
+                set_layers_active(model, None)
+            delta = np.where(mask, result.delta, 0.0).astype(np.float32)
+            result = result.model_copy(update={"delta": delta})
+            self._trained_mask = mask
         if self._timeout is not None and result.seconds > self._timeout:
             raise QuantumError(
                 f"quantum job ran {result.seconds:.1f}s, past its {self._timeout}s timeout"
@@ -278,6 +429,154 @@ class ClientRunner:
     def _derive_signer(self, client_id: int) -> Signer:
         spec = self._signing
         return client_signer(spec.master_secret, client_id, spec.backend)
+
+    # ------------------------------------------------------------ secure aggregation
+    #
+    # A round is four calls (pipelines/secure_round.py drives them): `secure_train` per
+    # client, then `secure_share`, `secure_mask`, `secure_unmask` batched over this
+    # runner's clients. A client's state (its update, its `SecAggClient`) stays on the
+    # runner that trained it for the whole round and is dropped when the round ends
+    # (`secure_end`, or the first call of a later round). A client's failure in a batched
+    # step is returned as its reason: that client drops out, the others go on.
+
+    @property
+    def secure_sessions(self) -> int:
+        """How many clients' secure-aggregation state this runner holds."""
+        return len(self._sessions)
+
+    def secure_train(
+        self, task: ClientTask, weights: np.ndarray, roster: Roster, spec: SecAggSpec
+    ) -> SecureTrained:
+        """Secure step 1: train; keep the update here; answer with the signed key exchange.
+
+        The update leaves this runner only masked (`secure_mask`). With central DP
+        (`spec.clip`) it is clipped to C first: the server can no longer clip it.
+        """
+        self._begin_secure(task.round)
+        self._sessions.pop(task.client_id, None)
+        trained = self._compute(task, weights)
+        delta = trained.delta
+        if spec.clip is not None:
+            delta = clip_update(delta, spec.clip)
+        start = time.perf_counter()
+        k = task.client_id
+        client = SecAggClient(
+            k,
+            roster,
+            kem_seed=kem_seed(spec.master_secret, k),
+            signer=self._secagg_signer(spec, k),
+            secret=round_secret(spec.master_secret, k, task.round),
+            scale=spec.scale,
+            verifier=self._verifier(spec.backend),
+        )
+        exchange = client.key_exchange()
+        self._sessions[k] = _Session(task, trained, delta, client)
+        result = trained.result
+        return SecureTrained(
+            client_id=k,
+            round=task.round,
+            num_samples=result.num_samples,
+            loss=result.loss,
+            seconds=result.seconds,
+            path=trained.path,
+            fallback_reason=trained.reason,
+            noise_variance=trained.noise_variance,
+            resource=task.resource,
+            probe_gain=trained.gain,
+            exchange=exchange,
+            exchange_seconds=time.perf_counter() - start,
+        )
+
+    def secure_share(
+        self, round_: int, exchanges: Sequence[KeyExchange], clients: Sequence[int]
+    ) -> dict[int, ShareBundle | str]:
+        """Secure step 2 for `clients`: each one's encrypted Shamir shares, or why it failed."""
+        return self._each(round_, clients, lambda s: s.client.share_keys(exchanges))
+
+    def secure_mask(
+        self,
+        round_: int,
+        deliveries: Mapping[int, ShareDelivery],
+        weights: Mapping[int, float],
+    ) -> dict[int, SecureMasked | str]:
+        """Secure step 3: each client's masked input (its update scaled by its public weight),
+        signed for the ledger when the run has one; the plain update is dropped."""
+
+        def mask(session: _Session) -> SecureMasked:
+            k = session.task.client_id
+            if session.delta is None:
+                raise SecAggError(f"client {k} has already masked its update")
+            size = session.delta.size
+            start = time.perf_counter()
+            masked = session.client.mask(deliveries[k], session.delta, weights[k])
+            seconds = time.perf_counter() - start
+            session.delta = None  # from here on only the masked input exists
+            if self._signing is None:
+                return SecureMasked(masked=masked, seconds=seconds)
+            start = time.perf_counter()
+            carrier = digest_carrier(masked_digest(masked), size)
+            record = self._sign(session.task, session.trained.result, carrier, session.trained.path)
+            return SecureMasked(
+                masked=masked,
+                record=record,
+                sign_seconds=time.perf_counter() - start,
+                seconds=seconds,
+            )
+
+        return self._each(round_, list(deliveries), mask)
+
+    def secure_unmask(
+        self, round_: int, request: UnmaskRequest, clients: Sequence[int]
+    ) -> dict[int, UnmaskResponse | str]:
+        """Secure step 4: each client's shares for the server; its state is dropped after."""
+        out = self._each(round_, clients, lambda s: s.client.unmask(request))
+        for k in clients:
+            self._sessions.pop(k, None)
+        return out
+
+    def secure_end(self, round_: int) -> None:
+        """Drop every client's state of `round_` (and of earlier rounds)."""
+        if self._secure_round is not None and round_ >= self._secure_round:
+            self._sessions.clear()
+
+    def _begin_secure(self, round_: int) -> None:
+        """Enter round `round_`: drop an earlier round's state; refuse a finished round."""
+        if self._secure_round is not None and round_ < self._secure_round:
+            raise SecAggError(f"round {round_} is over: this runner is in {self._secure_round}")
+        if round_ != self._secure_round:
+            self._sessions.clear()
+            self._secure_round = round_
+
+    def _each(self, round_: int, clients: Sequence[int], step) -> dict:
+        """`step(session)` for each client; a client's qfl error becomes its reason (dropped)."""
+        out: dict[int, object] = {}
+        for k in clients:
+            try:
+                session = self._sessions.get(k) if round_ == self._secure_round else None
+                if session is None:
+                    raise SecAggError(f"client {k} has no secure state in round {round_}")
+                out[k] = step(session)
+            except QflError as exc:
+                self._sessions.pop(k, None)
+                out[k] = _why(exc)
+        return out
+
+    def _secagg_signer(self, spec: SecAggSpec, client_id: int) -> Signer:
+        """The client's ML-DSA-65 key (the one on the ledger), cached."""
+        signing = self._signing
+        if (
+            signing is not None
+            and signing.master_secret == spec.master_secret
+            and signing.backend == spec.backend
+        ):
+            return self._signer(client_id)
+        return self._secagg_signers(spec.master_secret, client_id, spec.backend)
+
+    def _verifier(self, backend: str) -> Verifier:
+        verifier = self._verifiers.get(backend)
+        if verifier is None:
+            verifier = self._verifiers[backend] = Verifier(backend)
+        return verifier
 
 
 def balance(costs: Sequence[float], workers: int) -> list[int]:

@@ -39,8 +39,9 @@ Fewer than t clients at any step: `SecAggAborted`, never a wrong sum.
 Scope: an honest-but-curious server and up to n - t dropouts; clients verify every
 signature addressed to them. The consistency round of the actively secure variant is not
 implemented. Masked inputs cannot be checked for size (a norm bound must come from
-clipping on the client), and robust rules that need individual updates cannot run under
-secure aggregation (`check_rule_compatible`).
+clipping on the client), and rules that need individual updates (robust rules, the hybrid
+rule's per-client shrinkage) cannot run under secure aggregation (`check_rule_compatible`).
+The ledger signs a masked input through `masked_digest` and `digest_carrier`.
 """
 
 from __future__ import annotations
@@ -155,12 +156,23 @@ def threshold_count(config: SecAggConfig, n: int) -> int:
 
 
 def check_rule_compatible(rule: str) -> None:
-    """Raise ConfigError when `rule` needs individual updates, which secure aggregation hides."""
+    """Raise ConfigError when `rule` needs individual updates, which secure aggregation hides.
+
+    Robust rules (median, trimmed mean, Krum) look at every update; the hybrid rule's SNR
+    shrinkage (Eq. 7) scales each client's quantum entries by a statistic of that update.
+    FedAvg and FedProx need only the weighted sum with public weights n_k.
+    """
     if rule in ROBUST_RULES:
         raise ConfigError(
             f"aggregation rule {rule!r} needs every client's update, but secure aggregation "
-            "reveals only their sum; use fedavg, fedprox or hybrid (public weights) with "
-            "secagg, or disable secagg.enabled to use a robust rule"
+            "reveals only their sum; use fedavg or fedprox (public weights) with secagg, or "
+            "disable secagg.enabled to use a robust rule"
+        )
+    if rule == "hybrid":
+        raise ConfigError(
+            "aggregation rule 'hybrid' shrinks each client's quantum entries by that update's "
+            "own signal-to-noise ratio (Eq. 7), but secure aggregation reveals only the sum; "
+            "use fedavg or fedprox with secagg, or disable secagg.enabled"
         )
 
 
@@ -170,17 +182,40 @@ def check_secagg_config(
     clients_per_round: int,
     rule: str,
     clip: float | None = None,
+    clip_norm: float | None = None,
+    norm_bound: float | None = None,
 ) -> None:
     """The cross-field checks pipelines/config.py runs when secagg is enabled.
 
-    The rule must work on sums, t must be a majority the round can meet, and with a clip
-    norm C (differential privacy) the fixed-point sum must not overflow:
-    clients_per_round * C * scale < 2^31 (each coordinate of a clipped update is <= C).
+    The rule must work on sums (`check_rule_compatible`); the server cannot clip
+    (aggregation.clip_norm) nor bound (ledger.norm_bound) updates it never sees: clipping
+    must happen on the client (privacy.clip, `clip`); t must be a majority the round can
+    meet and at least 2 (a "sum" of one input is that input); and with a clip norm C the
+    fixed-point sum must not overflow: clients_per_round * C * scale < 2^31 (each coordinate
+    of a clipped update is <= C).
     """
     if not config.enabled:
         return
     check_rule_compatible(rule)
-    threshold_count(config, clients_per_round)
+    if clip_norm is not None:
+        raise ConfigError(
+            f"aggregation.clip_norm={clip_norm} clips each update on the server, but under "
+            "secure aggregation the server sees only masked inputs; remove aggregation."
+            "clip_norm (clients clip before masking with privacy.mode central and privacy.clip)"
+        )
+    if norm_bound is not None:
+        raise ConfigError(
+            f"ledger.norm_bound={norm_bound} cannot be checked under secure aggregation: the "
+            "keeper sees only a digest of each masked input, never the update; remove "
+            "ledger.norm_bound (clients clip before masking with privacy.mode central and "
+            "privacy.clip)"
+        )
+    t = threshold_count(config, clients_per_round)
+    if t < 2:
+        raise ConfigError(
+            f"secagg.threshold={config.threshold} gives t={t} for {clients_per_round} clients "
+            "per round: a sum of one masked input is that client's update; sample at least 2"
+        )
     if clip is not None and clients_per_round * clip * config.scale >= 2.0 ** (MODULUS_BITS - 1):
         raise ConfigError(
             f"secagg.scale={config.scale}: {clients_per_round} clipped updates (C={clip}) "
@@ -439,6 +474,43 @@ class SecAggResult(_Message):
         if self.weight <= 0:
             raise SecAggError("the included clients' weights sum to 0")
         return (self.total / self.weight).astype(np.float32)
+
+
+MASKED_DIGEST_LABEL: Final = b"qfl/secagg/masked-input/v1\x00"
+_F64: Final = struct.Struct(">d")
+
+
+def masked_digest(message: MaskedInput) -> bytes:
+    """SHA-256 of what the server receives from a client: its masked input and weight.
+
+    Over a label, u64 round, u64 sender, f64 weight (big-endian) and the masked words
+    (little-endian uint32); fixed-width fields before one variable tail, so injective.
+    """
+    masked = np.asarray(message.masked)
+    if masked.dtype != np.uint32 or masked.ndim != 1:
+        raise SecAggError(f"client {message.sender}: masked input is not a uint32 vector")
+    head = _U64.pack(message.round) + _U64.pack(message.sender) + _F64.pack(message.weight)
+    body = np.ascontiguousarray(masked, dtype="<u4").tobytes()
+    return hashlib.sha256(MASKED_DIGEST_LABEL + head + body).digest()
+
+
+def digest_carrier(digest: bytes, size: int) -> np.ndarray:
+    """The (size,) float32 vector that stands for a masked input where a float update is due.
+
+    The ledger's contract signs and checks float32 updates (`ledger.encoding.weights_digest`,
+    finite values, the model's shape). A uint32 masked input has no injective finite float32
+    image of the same length, so the ledger gets this vector instead: the 32 bytes of
+    `masked_digest` as the values 0..255 in its first 32 entries (exact in float32), zeros
+    after. Its digest binds the masked input through SHA-256; its norm says nothing about
+    the update (so no norm bound applies under secure aggregation).
+    """
+    if len(digest) != 32:
+        raise SecAggError(f"a masked-input digest is 32 bytes, got {len(digest)}")
+    if size < len(digest):
+        raise SecAggError(f"a model of {size} parameters cannot carry a 32-byte digest")
+    carrier = np.zeros(size, dtype=np.float32)
+    carrier[: len(digest)] = np.frombuffer(digest, dtype=np.uint8)
+    return carrier
 
 
 def _aad(round_: int, sender: int, holder: int) -> bytes:
@@ -889,10 +961,12 @@ __all__ = [
     "check_secagg_config",
     "commit",
     "decode",
+    "digest_carrier",
     "encode",
     "kem_private_key",
     "kem_public_key",
     "kem_seed",
+    "masked_digest",
     "prg_words",
     "round_secret",
     "threshold_count",

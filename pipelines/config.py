@@ -23,6 +23,7 @@ from federated.crosscheck import CrossCheckConfig
 from federated.data import DATASETS, PARTITIONS
 from federated.models import ModelConfig
 from federated.privacy import PrivacyConfig
+from federated.secagg import SecAggConfig, check_secagg_config
 from federated.train import TrainConfig
 from ledger.keeper import LedgerConfig
 from pipelines.scheduler import ClientsConfig, SchedulerConfig
@@ -149,6 +150,7 @@ class ExperimentConfig(_Section):
         None, description="hybrid verification of quantum updates against exact simulation"
     )
     privacy: PrivacyConfig = PrivacyConfig()
+    secagg: SecAggConfig = SecAggConfig()
     ledger: LedgerConfig = LedgerConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -193,6 +195,29 @@ class ExperimentConfig(_Section):
                 f"attack.fraction={self.attack.fraction} of {self.federation.clients} clients "
                 "is no attacker: raise the fraction"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _secagg_fits(self) -> ExperimentConfig:
+        """Secure aggregation reveals only the sum: the rule, clipping and bounds must work on it.
+
+        aggregation.clip_norm and ledger.norm_bound are rejected (the server and the keeper
+        see masked inputs only); privacy.clip (central DP) is how clients bound updates.
+        """
+        if not self.secagg.enabled:
+            return self
+        bound = self.ledger.norm_bound if self.ledger.enabled else None
+        try:
+            check_secagg_config(
+                self.secagg,
+                clients_per_round=self.federation.per_round,
+                rule=self.aggregation.rule,
+                clip=self.privacy.clip if self.privacy.enabled else None,
+                clip_norm=self.aggregation.clip_norm,
+                norm_bound=bound,
+            )
+        except ConfigError as exc:
+            raise ValueError(f"secagg.enabled: {exc}") from exc
         return self
 
     @model_validator(mode="after")

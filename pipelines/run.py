@@ -22,7 +22,7 @@ import numpy as np
 import ray
 import torch
 from pydantic import BaseModel, ConfigDict
-from ray.exceptions import RayError
+from ray.exceptions import GetTimeoutError, RayError
 
 from actors.aggregator import AggregatorActor
 from actors.ledger_keeper import LedgerKeeperActor
@@ -40,11 +40,18 @@ from federated.train import evaluate
 from ledger.keeper import RoundClosed, RoundPlan, SigningSpec
 from ledger.keys import master_secret_from_run_seed
 from ledger.records import Fallback
-from pipelines.checkpoint import Checkpoint, append_round, save_checkpoint
+from pipelines.checkpoint import (
+    Checkpoint,
+    append_round,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_rounds,
+)
 from pipelines.config import ExperimentConfig, RayConfig, dump_config
 from pipelines.orchestration import Orchestrator, advantage_metrics, exact_quantum
 from pipelines.plots import convergence_plot
 from pipelines.scheduler import SchedulePlan
+from pipelines.secure_round import start_secure_round
 from pipelines.tracking import Tracker, git_commit
 from qfl.errors import RunError
 from quantum.monitor import MonitorSnapshot
@@ -158,8 +165,14 @@ def run_experiment(
     tracking_uri: str,
     observer: RunObserver | None = None,
     config_source: str = "",
+    resume: str | None = None,
 ) -> RunSummary:
-    """Run `config` end to end and return its summary; the MLflow run ends FAILED on error."""
+    """Run `config` end to end and return its summary; the MLflow run ends FAILED on error.
+
+    `resume` names a run (its MLflow run id, also its folder under `output.runs_dir`)
+    that stopped early: it continues from its last committed round, in the same MLflow
+    run, the same ledger and the same folder, and with the same config (checked).
+    """
     observer = observer or RunObserver()
     data = build_federated_data(
         config.data.dataset,
@@ -174,22 +187,27 @@ def run_experiment(
         classes=config.data.classes,
         pca_components=config.data.pca_components,
     )
-    tags = {"seed": str(config.seed), "qfl.config_source": config_source}
-    commit = git_commit()
-    if commit:
-        tags |= {"git_commit": commit, "mlflow.source.git.commit": commit}
-    tracker = Tracker.start(
-        tracking_uri, config.tracking.experiment, config.tracking.run_name, tags
-    )
-    run_dir = config.output.runs_dir / tracker.run_id
+    if resume is not None:
+        run_dir = _resumable_run_dir(config, resume)
+        tracker = Tracker.resume(tracking_uri, resume)
+    else:
+        tags = {"seed": str(config.seed), "qfl.config_source": config_source}
+        commit = git_commit()
+        if commit:
+            tags |= {"git_commit": commit, "mlflow.source.git.commit": commit}
+        tracker = Tracker.start(
+            tracking_uri, config.tracking.experiment, config.tracking.run_name, tags
+        )
+        run_dir = config.output.runs_dir / tracker.run_id
     try:
-        run_dir.mkdir(parents=True, exist_ok=False)
-        (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        tracker.log_params(config.flat())
-        tracker.log_artifact(run_dir / "config.yaml")
+        if resume is None:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+            tracker.log_params(config.flat())
+            tracker.log_artifact(run_dir / "config.yaml")
         observer.on_start(tracker.run_id, config.federation.rounds)
         with ray_session(config.ray, os.environ.get("RAY_ADDRESS")):
-            summary = _round_loop(config, data, tracker, run_dir, observer)
+            summary = _round_loop(config, data, tracker, run_dir, observer, resume is not None)
     except KeyboardInterrupt:
         tracker.end("KILLED")
         raise
@@ -210,7 +228,9 @@ class Federation:
         *,
         run_id: str = "",
         ledger_path: Path | None = None,
+        resume: Checkpoint | None = None,
     ):
+        """`resume`: continue after the checkpoint's round (weights and driver state)."""
         fed = config.federation
         self.config = config
         self.data = data
@@ -225,6 +245,8 @@ class Federation:
         self.master_secret = master_secret_from_run_seed(config.seed)
         self.privacy = self._start_privacy()
         self.orchestrator, self.monitor = self._start_orchestration()
+        if resume is not None:
+            self._restore(resume)
         self._snapshot: MonitorSnapshot | None = None  # the monitor's view of the next round
         self._plan: SchedulePlan | None = None  # the current round's plan
         self.keeper, signing = None, None
@@ -258,7 +280,46 @@ class Federation:
         self.aggregator = AggregatorActor.remote(
             config.aggregation, quantum_mask=quantum_param_mask(self.model)
         )
+        self.secure = start_secure_round(  # None unless secagg.enabled
+            config,
+            self.pool,
+            self.aggregator,
+            master_secret=self.master_secret,
+            backend=self.crypto_backend,
+            num_params=self.weights.size,
+        )
+        if resume is not None and resume.arrays:
+            optimizer = {k.removeprefix("optimizer."): v for k, v in resume.arrays.items()}
+            self._get(self.aggregator.load_state.remote(resume.state["optimizer"] | optimizer))
         self.pool.wait_ready(timeout_s=config.ray.round_timeout_s)
+
+    def _get(self, ref: ray.ObjectRef):
+        """The value of a remote call, or RunError once `ray.round_timeout_s` has passed."""
+        timeout = self.config.ray.round_timeout_s
+        try:
+            return ray.get(ref, timeout=timeout)
+        except GetTimeoutError as exc:
+            raise RunError(f"a remote call did not answer within {timeout}s: {exc}") from exc
+
+    def checkpoint(self, round_: int) -> Checkpoint:
+        """The committed state after `round_` rounds: weights, optimizer and driver state."""
+        optimizer = self._get(self.aggregator.state.remote())
+        arrays = {f"optimizer.{k}": v for k, v in optimizer.items() if isinstance(v, np.ndarray)}
+        state = {
+            "optimizer": {k: v for k, v in optimizer.items() if not isinstance(v, np.ndarray)},
+            "dp_steps": 0 if self.privacy is None else round_,
+        }
+        if self.orchestrator is not None:
+            state["orchestrator"] = self.orchestrator.state()
+        return Checkpoint(round=round_, weights=self.weights, state=state, arrays=arrays)
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        self.weights = checkpoint.weights.astype(np.float32)
+        if self.privacy is not None:
+            for _ in range(checkpoint.state.get("dp_steps", 0)):
+                self.privacy.step()
+        if self.orchestrator is not None and "orchestrator" in checkpoint.state:
+            self.orchestrator.load_state(checkpoint.state["orchestrator"])
 
     def _start_privacy(self) -> PrivacyAccountant | None:
         """The run's DP accountant with z resolved (calibrated for a target epsilon)."""
@@ -315,7 +376,7 @@ class Federation:
     def _prepare(self, t: int) -> MonitorSnapshot:
         """Step the resources to round t, show the monitor, return its snapshot."""
         states = self.orchestrator.step_resources(t)
-        self._snapshot = ray.get(self.monitor.observe_and_snapshot.remote(*states))
+        self._snapshot = self._get(self.monitor.observe_and_snapshot.remote(*states))
         return self._snapshot
 
     def _start_ledger(self, run_id: str, path: Path):
@@ -331,7 +392,7 @@ class Federation:
             config=self.config.ledger,
             seed=self.config.seed,
         )
-        backend = ray.get(keeper.backend.remote())
+        backend = self._get(keeper.backend.remote())
         return keeper, SigningSpec(run_id=run_id, master_secret=master, backend=backend)
 
     def sample(self, t: int) -> list[int]:
@@ -357,7 +418,7 @@ class Federation:
                 opened = self.keeper.open_round.remote(
                     t, fed.clients, fed.per_round, sample=sample, assign=assign
                 )
-                plan = ray.get(opened)
+                plan = self._get(opened)
             self._open_height = plan.height
             sampled = list(plan.sampled)
         if orchestrator is not None:
@@ -378,18 +439,23 @@ class Federation:
         tasks = self.tasks(t, self.sample(t))
         weights_ref = ray.put(self.weights)
         sizes = [len(self.data.client_indices[task.client_id]) for task in tasks]
-        result = self.pool.run_round(weights_ref, tasks, self.config.ray.round_timeout_s, sizes)
+        pool = self.pool if self.secure is None else self.secure  # secure: masked inputs only
+        result = pool.run_round(weights_ref, tasks, self.config.ray.round_timeout_s, sizes)
         ledger = LedgerRound()
         accepted_ids = {u.client_id for u in result.updates}
         if self.keeper is not None and result.updates:
             # one batch object: resolving a hundred refs one by one costs more than the checks
             admitted = self.keeper.admit.remote(result.updates)
-            admitted_ids, rejections, ledger.verify_seconds = ray.get(admitted)
+            admitted_ids, rejections, ledger.verify_seconds = self._get(admitted)
             accepted_ids = set(admitted_ids)
             ledger.rejected = len(rejections)
         accepted = [u for u in result.updates if u.client_id in accepted_ids]
         aggregation: dict[str, float] = {}
-        if accepted:
+        if self.secure is not None:  # unmask the sum of the admitted masked inputs
+            self.weights, aggregation = self.secure.aggregate(
+                t, self.weights, accepted_ids, result, self._private_step(t, len(tasks))
+            )
+        elif accepted:
             # the updates as values (the driver holds them): cheaper than a ref per client
             aggregated = self.aggregator.aggregate_with_info.remote(
                 weights_ref,
@@ -397,7 +463,7 @@ class Federation:
                 reliability=self._reliability(accepted_ids),
                 private=self._private_step(t, len(tasks)),
             )
-            self.weights, info = ray.get(aggregated)
+            self.weights, info = self._get(aggregated)
             aggregation = info.metrics()
         if self.privacy is not None:
             self.privacy.step()  # the round released an aggregate: it spends budget
@@ -407,7 +473,7 @@ class Federation:
         record = _record(
             t + 1, self.model, self.weights, self.data, result, len(tasks), round_start, ledger
         )
-        fallbacks, extra = (), aggregation
+        fallbacks, extra = (), aggregation | _quantum_work(result.updates)
         if self.orchestrator is not None:
             fallbacks, orchestration = self._after_round(t, result, accepted_ids, last)
             extra = extra | orchestration
@@ -435,7 +501,7 @@ class Federation:
         outcomes = orchestrator.observe(plan, result.updates, accepted)
         extra = orchestrator.metrics(plan, result.updates) | advantage_metrics(plan)
         # the resources as this round saw them, with its jobs' outcomes
-        extra |= ray.get(self.monitor.report_and_metrics.remote(*outcomes))
+        extra |= self._get(self.monitor.report_and_metrics.remote(*outcomes))
         if not last:
             self._prepare(t + 1)
         return fallbacks, extra
@@ -462,7 +528,7 @@ class Federation:
         if self._closing is None:
             return
         closing, self._closing = self._closing, None
-        closed: RoundClosed = ray.get(closing)
+        closed: RoundClosed = self._get(closing)
         self._next_plan = closed.next
 
     def close_ledger(self) -> tuple[int, bytes] | None:
@@ -470,9 +536,23 @@ class Federation:
         if self.keeper is None:
             return None
         self.settle()
-        head = ray.get(self.keeper.head.remote())
-        ray.get(self.keeper.close.remote())
+        head = self._get(self.keeper.head.remote())
+        self._get(self.keeper.close.remote())
         return head
+
+
+def _resumable_run_dir(config: ExperimentConfig, run_id: str) -> Path:
+    """The folder of run `run_id`, checked to hold a checkpoint of this very config."""
+    run_dir = config.output.runs_dir / run_id
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise RunError(f"cannot resume {run_id!r}: no run folder with a config at {run_dir}")
+    if saved.read_text(encoding="utf-8") != dump_config(config):
+        raise RunError(
+            f"cannot resume {run_id!r}: the config differs from the run's ({saved}); "
+            "resume with the same file and --set overrides"
+        )
+    return run_dir
 
 
 def _round_loop(
@@ -481,15 +561,22 @@ def _round_loop(
     tracker: Tracker,
     run_dir: Path,
     observer: RunObserver,
+    resuming: bool = False,
 ) -> RunSummary:
     start = time.perf_counter()
     ledger_path = run_dir / "ledger.db"
-    federation = Federation(config, data, run_id=tracker.run_id, ledger_path=ledger_path)
-    save_checkpoint(run_dir, Checkpoint(round=0, weights=federation.weights))
+    checkpoint, history = None, []
+    if resuming:
+        checkpoint = load_checkpoint(run_dir)
+        history = _recover_history(run_dir, tracker, checkpoint.round)
+    federation = Federation(
+        config, data, run_id=tracker.run_id, ledger_path=ledger_path, resume=checkpoint
+    )
+    if checkpoint is None:
+        save_checkpoint(run_dir, federation.checkpoint(0))
     if federation.crypto_backend is not None:
         tracker.set_tags({"ledger.crypto_backend": federation.crypto_backend})
-    history: list[RoundRecord] = []
-    for t in range(config.federation.rounds):
+    for t in range(len(history), config.federation.rounds):
         last = t == config.federation.rounds - 1
         record = run_round(federation, tracker, run_dir, t, last=last)
         history.append(record)
@@ -521,9 +608,15 @@ def _round_loop(
 def run_round(
     federation: Federation, tracker: Tracker, run_dir: Path, t: int, *, last: bool = False
 ) -> RoundRecord:
-    """One committed round: step, log to MLflow and rounds.jsonl, checkpoint."""
+    """One committed round: step, its ledger block, rounds.jsonl, checkpoint, then MLflow.
+
+    The checkpoint is the commit point. The round's ledger block is certified before it
+    and its MLflow metrics are logged after it, so a crash never leaves a committed round
+    without its block, nor metrics of a round that did not commit (a resumed run logs
+    the committed rounds' metrics that MLflow is missing from rounds.jsonl).
+    """
     record, result = federation.step(t, last=last)
-    tracker.log_metrics(record.round, record.metrics(), int(time.time() * 1000))
+    federation.settle()
     failures = [f.model_dump() for f in result.failures]
     fallbacks = [
         {"client_id": u.client_id, "resource": u.resource, "reason": u.fallback_reason}
@@ -531,8 +624,37 @@ def run_round(
         if u.path == "fallback"
     ]
     append_round(run_dir, {**record.model_dump(), "failures": failures, "fallbacks": fallbacks})
-    save_checkpoint(run_dir, Checkpoint(round=record.round, weights=federation.weights))
+    save_checkpoint(run_dir, federation.checkpoint(record.round))
+    tracker.log_metrics(record.round, record.metrics(), int(time.time() * 1000))
     return record
+
+
+def _recover_history(run_dir: Path, tracker: Tracker, committed: int) -> list[RoundRecord]:
+    """The committed rounds' records; MLflow gets any of their metrics it is missing."""
+    records = [
+        RoundRecord.model_validate(_record_fields(r)) for r in truncate_rounds(run_dir, committed)
+    ]
+    logged = tracker.logged_steps("test_accuracy")
+    for record in records:
+        if record.round not in logged:
+            tracker.log_metrics(record.round, record.metrics(), int(time.time() * 1000))
+    tracker.flush()
+    return records
+
+
+def _quantum_work(updates) -> dict[str, float]:
+    """Circuits and shots the round's clients ran, and what error mitigation added."""
+    totals = {
+        "quantum.circuits": sum(u.circuits for u in updates),
+        "quantum.shots": sum(u.shots for u in updates),
+        "mitigation.extra_circuits": sum(u.extra_circuits for u in updates),
+        "mitigation.extra_shots": sum(u.extra_shots for u in updates),
+    }
+    return {k: float(v) for k, v in totals.items()} if totals["quantum.circuits"] else {}
+
+
+def _record_fields(line: dict) -> dict:
+    return {k: v for k, v in line.items() if k in RoundRecord.model_fields}
 
 
 def _record(

@@ -428,11 +428,33 @@ def test_robust_rules_are_rejected_under_secagg(rule):
         check_secagg_config(SecAggConfig(enabled=True), clients_per_round=10, rule=rule)
 
 
-@pytest.mark.parametrize("rule", ["fedavg", "fedprox", "hybrid"])
+@pytest.mark.parametrize("rule", ["fedavg", "fedprox"])
 def test_sum_rules_are_accepted(rule):
     check_rule_compatible(rule)
     check_secagg_config(SecAggConfig(enabled=True), clients_per_round=10, rule=rule, clip=1.0)
     check_secagg_config(SecAggConfig(enabled=False), clients_per_round=1, rule="krum")
+
+
+def test_hybrid_rule_is_rejected_under_secagg():
+    with pytest.raises(ConfigError, match="own signal-to-noise"):
+        check_secagg_config(SecAggConfig(enabled=True), clients_per_round=10, rule="hybrid")
+
+
+def test_server_side_clipping_and_norm_bound_are_rejected_under_secagg():
+    config = SecAggConfig(enabled=True)
+    with pytest.raises(ConfigError, match=r"aggregation\.clip_norm=1\.0"):
+        check_secagg_config(config, clients_per_round=10, rule="fedavg", clip_norm=1.0)
+    with pytest.raises(ConfigError, match=r"ledger\.norm_bound=5\.0"):
+        check_secagg_config(config, clients_per_round=10, rule="fedavg", norm_bound=5.0)
+    check_secagg_config(  # the same values with secagg off are not this check's business
+        SecAggConfig(), clients_per_round=10, rule="fedavg", clip_norm=1.0, norm_bound=5.0
+    )
+
+
+def test_a_sum_of_one_input_is_rejected():
+    with pytest.raises(ConfigError, match="t=1"):
+        check_secagg_config(SecAggConfig(enabled=True), clients_per_round=1, rule="fedavg")
+    check_secagg_config(SecAggConfig(enabled=True), clients_per_round=2, rule="fedavg")
 
 
 def test_fixed_point_range_is_checked_with_the_clip_norm():
@@ -440,3 +462,43 @@ def test_fixed_point_range_is_checked_with_the_clip_norm():
     check_secagg_config(config, clients_per_round=100, rule="fedavg", clip=10.0)
     with pytest.raises(ConfigError, match="overflow"):
         check_secagg_config(config, clients_per_round=100, rule="fedavg", clip=30.0)
+
+
+# --------------------------------------------------------------------------- ledger view
+
+
+def _masked(round_=3, sender=5, weight=0.25, words=(1, 2, 2**32 - 1)) -> secagg.MaskedInput:
+    masked = np.array(words, dtype=np.uint32)
+    return secagg.MaskedInput(round=round_, sender=sender, weight=weight, masked=masked)
+
+
+def test_masked_digest_binds_round_sender_weight_and_every_word():
+    base = secagg.masked_digest(_masked())
+    assert len(base) == 32
+    assert secagg.masked_digest(_masked()) == base
+    variants = [
+        _masked(round_=4),
+        _masked(sender=6),
+        _masked(weight=0.25000001),
+        _masked(words=(1, 2, 2**32 - 2)),
+        _masked(words=(1, 2, 2**32 - 1, 0)),
+    ]
+    assert len({secagg.masked_digest(m) for m in variants} | {base}) == 6
+    with pytest.raises(SecAggError, match="uint32"):
+        secagg.masked_digest(
+            secagg.MaskedInput(round=0, sender=0, weight=1.0, masked=np.zeros(3, np.float32))
+        )
+
+
+def test_digest_carrier_is_finite_exact_and_carries_the_digest():
+    digest = bytes(range(200, 232))
+    carrier = secagg.digest_carrier(digest, 100)
+    assert carrier.dtype == np.float32 and carrier.shape == (100,)
+    assert np.isfinite(carrier).all() and not carrier[32:].any()
+    assert carrier[:32].astype(np.uint8).tobytes() == digest  # exact: bytes read back
+    other = secagg.digest_carrier(digest[:-1] + b"\x00", 100)
+    assert other.tobytes() != carrier.tobytes()
+    with pytest.raises(SecAggError, match="cannot carry"):
+        secagg.digest_carrier(digest, 31)
+    with pytest.raises(SecAggError, match="32 bytes"):
+        secagg.digest_carrier(digest[:31], 100)

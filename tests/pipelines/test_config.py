@@ -163,7 +163,7 @@ def test_flat_gives_dotted_string_values() -> None:
     # exactly the leaves: one key per field of every section, no section keys
     sections = (
         "data", "model", "train", "federation", "ray", "tracking", "output", "ledger",
-        "aggregation", "attack", "scheduler", "monitor", "privacy",
+        "aggregation", "attack", "scheduler", "monitor", "privacy", "secagg",
     )  # fmt: skip
     assert not set(sections) & set(flat)
     c = ExperimentConfig()
