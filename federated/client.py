@@ -68,6 +68,7 @@ from ledger.records import Update, UpdatePath
 from qfl.errors import QflError, QuantumError, TrainingError
 from quantum.executors.base import Overhead
 from quantum.layer import QuantumLayer
+from quantum.mitigation import MitigationConfig, linear_weights, richardson_weights
 
 SIGNER_CACHE = 4096  # ML-DSA-65 signers kept per runner (a few KB each)
 QUANTUM_MODELS = 4  # quantum-path models (one per resource state) kept per runner
@@ -192,6 +193,25 @@ class _Session:
 
 def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def mitigation_variance_factor(mitigation: MitigationConfig) -> float:
+    """How much error mitigation multiplies the shot-noise variance of an estimate.
+
+    Zero-noise extrapolation estimates E(0) = sum_j c_j E(lambda_j) from independent
+    estimates at the scale factors, each with the unmitigated shot variance, so the
+    variance grows by sum_j c_j^2 (Richardson or least-squares-line weights; an
+    exponential fit is taken as Richardson's). Readout and parity mitigation are
+    counted as 1: their effect on the variance is small next to ZNE's.
+    """
+    if "zne" not in mitigation.techniques:
+        return 1.0
+    scales = mitigation.scale_factors
+    if mitigation.extrapolation == "linear":
+        weights = linear_weights(scales)
+    else:
+        weights = richardson_weights(scales)
+    return float(np.sum(np.square(weights)))
 
 
 def _fidelity(model: nn.Module) -> float:
@@ -356,7 +376,7 @@ class ClientRunner:
         variance = update_noise_variance(
             task.quantum.shots, self._train.lr, steps, _fidelity(model)
         )
-        return result, variance
+        return result, variance * mitigation_variance_factor(task.quantum.mitigation)
 
     def _quantum_model(self, quantum) -> nn.Module:
         model = self._quantum_models.get(quantum)
