@@ -1,25 +1,57 @@
-"""Ray actor shell around `ledger.keeper.LedgerKeeper` (all validators in one process)."""
+"""Ray actor shell around `ledger.keeper.LedgerKeeper`.
+
+With ``validator_placement: actors`` (the default) each validator is its own Ray actor
+(actors/validator.py), created here and owned by this actor; with ``in_process`` they all
+live inside it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import ray
 
+from actors.validator import RayValidatorHost
 from federated.messages import ClientUpdate
 from federated.sampling import sample_clients
-from ledger.keeper import LedgerKeeper, Opening, RoundClosed, RoundPlan
+from ledger.consensus import Decision, Tamper
+from ledger.keeper import LedgerConfig, LedgerKeeper, Opening, RoundClosed, RoundPlan
 from ledger.records import Fallback, Rejection
 
 
 @ray.remote(num_cpus=0)
 class LedgerKeeperActor:
-    """Owns the run's ledger file; updates arrive as object refs (resolved by Ray)."""
+    """Owns the run's ledger file; updates arrive as object refs (resolved by Ray).
 
-    def __init__(self, path, **kwargs):
-        self._keeper = LedgerKeeper(path, **kwargs)
+    `tamper` is test-only (no configuration sets it): ``{i: f}`` makes validator i
+    Byzantine, its proposals replaced by ``f(honest_block)``.
+    """
+
+    def __init__(
+        self,
+        path,
+        *,
+        config: LedgerConfig,
+        tamper: Mapping[int, Tamper] | None = None,
+        **kwargs,
+    ):
+        host = None
+        if config.validator_placement == "actors":
+            host = RayValidatorHost(config.validator_timeout_s)
+        self._keeper = LedgerKeeper(path, config=config, host=host, tamper=tamper, **kwargs)
 
     def backend(self) -> str:
         return self._keeper.backend
+
+    def validators(self) -> list[ray.actor.ActorHandle]:
+        """The validator actors, by index (empty when they run in this actor)."""
+        host = self._keeper.host
+        return list(host.actors) if host is not None else []
+
+    def last_decision(self) -> Decision | None:
+        """How the newest block was certified (leader, attempt, faulty validators)."""
+        return self._keeper.last_decision
 
     def open_round(
         self, round_: int, n_clients: int, per_round: int, sample=None, assign=None
@@ -54,6 +86,10 @@ class LedgerKeeperActor:
                 assign=assign,
             )
         return self._keeper.close_round(round_, aggregate, metrics, fallbacks, opening)
+
+    def reopened(self) -> RoundPlan | None:
+        """A resumed ledger's round that was opened and not closed, if any."""
+        return self._keeper.reopened
 
     def head(self) -> tuple[int, bytes]:
         return self._keeper.head

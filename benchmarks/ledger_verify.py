@@ -13,6 +13,10 @@ validators (quorum 3). Then, pinned to one core and in the same process:
     or cryptography's parsed ``MLDSA65PublicKey.verify``) over the very same
     (public key, message, signature, context) tuples in a tight loop, per second.
 
+With liboqs, `ledger.crypto` calls liboqs' C function itself (liboqs-python's call copies
+every argument into fresh buffers first), so (c) also prints that bare C call's rate and
+(a) over it, for comparison; the last line stays (a) over (b) as defined above.
+
     python benchmarks/ledger_verify.py [--backend auto|liboqs|cryptography] [--updates N]
 
 The last line is `L1 <a/b>` (target >= 0.6: verification costs little beyond the signatures).
@@ -188,6 +192,31 @@ def raw_verifier(backend: str, triples: list[Triple]) -> Callable[[], None]:
     return run_liboqs
 
 
+def bare_liboqs_verifier(triples: list[Triple]) -> Callable[[], None]:
+    """A tight loop of liboqs' own C verify function over `triples` (no argument copies)."""
+    import ctypes
+
+    function = ctypes.CDLL(str(liboqs_library())).OQS_SIG_ml_dsa_65_verify_with_ctx_str
+    function.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_char_p,
+    ]
+    function.restype = ctypes.c_int
+    calls = [(msg, len(msg), sig, len(sig), ctx, len(ctx), pk) for pk, msg, sig, ctx in triples]
+
+    def run_bare() -> None:
+        for args in calls:
+            if function(*args) != 0:
+                raise RuntimeError("a bare liboqs verification failed")
+
+    return run_bare
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="auto", choices=("auto", "liboqs", "cryptography"))
@@ -224,9 +253,10 @@ def main() -> None:
         start = time.perf_counter()
         verify_ledger(path, backend=backend)  # warm-up; its time is the process's first run
         cold_s = time.perf_counter() - start
-        full_times, raw_times = [], []
+        bare = bare_liboqs_verifier(triples) if backend == "liboqs" else None
+        full_times, raw_times, bare_times = [], [], []
         checked = 0
-        for _ in range(max(1, args.repeats)):  # interleaved, so both see the same machine
+        for _ in range(max(1, args.repeats)):  # interleaved, so all see the same machine
             start = time.perf_counter()
             report = verify_ledger(path, backend=backend)
             full_times.append(time.perf_counter() - start)
@@ -234,6 +264,10 @@ def main() -> None:
             start = time.perf_counter()
             raw()
             raw_times.append(time.perf_counter() - start)
+            if bare is not None:
+                start = time.perf_counter()
+                bare()
+                bare_times.append(time.perf_counter() - start)
     if checked != len(triples):
         sys.exit(f"verify_ledger checked {checked} signatures, the ledger holds {len(triples)}")
     full_rate = checked / min(full_times)
@@ -247,6 +281,11 @@ def main() -> None:
         f"(b) raw {backend} verify: {raw_rate:8.0f} sig/s  ({min(raw_times) * 1e3:.0f} ms for "
         f"{len(triples)} signatures, median {statistics.median(raw_times) * 1e3:.0f} ms)"
     )
+    if bare_times:
+        bare_rate = len(triples) / min(bare_times)
+        print(
+            f"(c) bare liboqs C call: {bare_rate:8.0f} sig/s  (a/c = {full_rate / bare_rate:.3f})"
+        )
     print(f"L1 {full_rate / raw_rate:.3f}")
 
 

@@ -55,6 +55,14 @@ def main() -> None:
     parser.add_argument(
         "--no-ledger", action="store_true", help="measure without the signed ledger"
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. ledger.validator_placement=in_process",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="qfl-bench-"))
     config = load_config(
@@ -66,6 +74,7 @@ def main() -> None:
             "train.epochs=1",
             f"output.runs_dir={workdir / 'runs'}",
             f"ledger.enabled={'false' if args.no_ledger else 'true'}",
+            *args.overrides,
         ],
     )
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
@@ -90,7 +99,8 @@ def main() -> None:
     ray.shutdown()
     qfl_med, bare_med = statistics.median(qfl_times), statistics.median(bare_times)
     print(f"clients per round      {args.clients}")
-    print(f"ledger                 {'off' if args.no_ledger else 'on (4 validators)'}")
+    placement = config.ledger.validator_placement
+    print(f"ledger                 {'off' if args.no_ledger else f'on (4 validators, {placement})'}")
     print(f"rounds measured        {args.rounds} (after {args.warmup} warm-up)")
     print(f"qfl round  median      {qfl_med * 1000:.1f} ms")
     print(f"bare round median      {bare_med * 1000:.1f} ms")

@@ -448,7 +448,9 @@ class ClientRunner:
 
     def _derive_signer(self, client_id: int) -> Signer:
         spec = self._signing
-        return client_signer(spec.master_secret, client_id, spec.backend)
+        return client_signer(
+            spec.master_secret, client_id, spec.backend, deterministic=spec.deterministic
+        )
 
     # ------------------------------------------------------------ secure aggregation
     #

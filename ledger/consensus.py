@@ -1,8 +1,8 @@
 """BFT block certification: n >= 3f + 1 validators, a commit-reveal beacon, rotating leaders.
 
 Pure classes (no I/O, no clock; randomness only from the source a validator is given):
-actors wrap `Validator`, and the driver runs `Consensus.run_height` (or the same steps
-over remote calls).
+actors wrap `Validator` (actors/validator.py), and the driver runs `Consensus.run_height`,
+over in-process validators or, given a `resolve` hook, over remote ones (see `Consensus`).
 
 One height, in order:
 
@@ -10,10 +10,15 @@ One height, in order:
    randomness source (e.g. `quantum.qrng.QRNG.random_bytes`) and publishes
    ``Commitment(commitment = SHA3-256(value || nonce))``, signed under ``CTX_BEACON``.
 2. **Reveal.** Once the commitments are collected, each validator publishes
-   ``Reveal(value, nonce)``, signed under ``CTX_BEACON``.
-3. **Beacon.** Everyone computes `compute_beacon`: a validator is *included* when it has
-   exactly one validly signed commitment for the height and a validly signed reveal that
-   opens it; every other validator is *excluded* (and listed in the `Beacon`). The value is
+   ``Reveal(value, nonce)``, signed under ``CTX_BEACON``, and, in the same message, its
+   commitment for the next height (`Validator.reveal_and_commit`): the driver then skips
+   step 1 at the next height for every validator it already holds a commitment of. A
+   commitment hides its value until its own height's reveals, whenever it was made.
+3. **Beacon.** Everyone computes `compute_beacon` (a validator when it is next asked to
+   propose or endorse, from the commitments and reveals the driver hands it): a validator
+   is *included* when it has exactly one validly signed commitment for the height and a
+   validly signed reveal that opens it; every other validator is *excluded* (and listed in
+   the `Beacon`). The value is
    ``domain_digest("beacon/v1", u64(height) || value_i1 || value_i2 || ...)`` over the
    included validators in index order. At least `quorum_size(n)` validators must be
    included (so at least f + 1 honest values, and no single validator fixes the beacon;
@@ -27,8 +32,9 @@ One height, in order:
    checks it (`Validator.validate_proposal`: height, previous hash, canonical header and
    transactions, Merkle root, expected proposer, every transaction check such as
    `ledger.contract.update_signature_check`) and only then signs the block hash under
-   ``CTX_BLOCK`` (`Validator.vote`). An honest validator votes for at most one block per
-   height, so two quorums at one height need at least f + 1 equivocating validators.
+   ``CTX_BLOCK`` (`Validator.vote`; `Validator.endorse` does both in one call). An honest
+   validator votes for at most one block per height, so two quorums at one height need at
+   least f + 1 equivocating validators.
 6. **Certificate.** `quorum_size(n)` distinct valid votes (``2f + 1`` when ``n = 3f + 1``)
    form the block's quorum certificate; `check_certificate` re-checks one and
    `detect_equivocation` turns two certificates at one height into evidence.
@@ -42,7 +48,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Annotated, Final, TypeVar
+from typing import Annotated, Any, Final, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
@@ -82,7 +88,9 @@ __all__ = [
     "Equivocation",
     "InvalidProposal",
     "QuorumCertificate",
+    "Resolve",
     "Reveal",
+    "Share",
     "Validator",
     "Vote",
     "beacon_seed",
@@ -99,6 +107,7 @@ __all__ = [
 ]
 
 REVEAL_BYTES: Final = 32
+PRECHECKED_MAX: Final = 8192  # transactions a validator remembers having checked ahead
 DOMAIN_BEACON_COMMIT: Final = "beacon-commit/v1"
 DOMAIN_BEACON_REVEAL: Final = "beacon-reveal/v1"
 DOMAIN_BEACON: Final = "beacon/v1"
@@ -113,6 +122,12 @@ Blob = Annotated[bytes, Strict()]
 RandomSource = Callable[[int], bytes]
 TransactionCheck = Callable[[Sequence[Transaction]], None]
 Tamper = Callable[[Block], Block]
+# Remote validators: `resolve(pending)` turns the pending calls of one phase (e.g. Ray
+# object refs) into their values, or the exception each raised (a crash, a timeout, or the
+# validator's own error unwrapped), in order; `share(value)` publishes a value once for
+# many calls (e.g. `ray.put`).
+Resolve = Callable[[list[Any]], list[Any]]
+Share = Callable[[Any], Any]
 _T = TypeVar("_T")
 
 
@@ -457,23 +472,17 @@ def _canonical_header(block: Block) -> BlockHeader:
         raise InvalidProposal(f"malformed block header: {exc}") from exc
 
 
-def _canonical_transactions(block: Block) -> tuple[Transaction, ...]:
-    out = []
-    for i, tx in enumerate(block.transactions):
-        try:
-            out.append(decode_tx(encode_tx(tx)))
-        except (LedgerIntegrityError, TypeError, ValueError) as exc:
-            raise InvalidProposal(f"transaction {i} is malformed: {exc}") from exc
-    return tuple(out)
-
-
 class Validator:
     """One validator: beacon commit/reveal, proposal checks and votes, for any height.
 
     `qrng_source(n)` returns n random bytes (a `quantum.qrng.QRNG`'s `random_bytes`, or a
-    seeded generator's ``bytes`` in tests). State per height: its beacon secret and
-    commitment, the beacon it computed, the block hashes it validated and the one it
-    voted for; `forget_below` drops old heights.
+    seeded generator's ``bytes`` in tests). `check_transactions` is its own transaction
+    check (e.g. `ledger.contract.update_signature_check`), used when a call passes none.
+    `tamper` is a test-only Byzantine injection: it replaces every block this validator
+    proposes by ``tamper(honest_block)``; no configuration sets it. State per height: its
+    beacon secret and commitment, the beacon it computed, the block hashes it validated
+    and the one it voted for; `forget_below` drops old heights. Across heights: the
+    transactions it `precheck`-ed, until a block holding them gets its vote.
     """
 
     def __init__(
@@ -484,6 +493,8 @@ class Validator:
         qrng_source: RandomSource,
         *,
         verifier: Verifier | None = None,
+        check_transactions: TransactionCheck | None = None,
+        tamper: Tamper | None = None,
     ):
         self.keys = _sorted_keys(validator_keys)
         if self.keys.get(index) != signer.public_key:
@@ -493,11 +504,15 @@ class Validator:
         self._signer = signer
         self._source = qrng_source
         self.verifier = verifier if verifier is not None else Verifier(signer.backend_name)
+        self._check = check_transactions
+        self._tamper = tamper
         self._secrets: dict[int, tuple[bytes, bytes]] = {}
         self._commitments: dict[int, Commitment] = {}
         self._beacons: dict[int, Beacon] = {}
+        self._beacon_inputs: dict[int, tuple[tuple[Commitment, ...], tuple[Reveal, ...]]] = {}
         self._validated: dict[int, set[bytes]] = {}
         self._voted: dict[int, bytes] = {}
+        self._prechecked: dict[bytes, Transaction] = {}  # canonical bytes -> decoded, passed
 
     # ----------------------------------------------------------------- beacon
 
@@ -536,14 +551,27 @@ class Validator:
             signature=self._signer.sign(message, CTX_BEACON),
         )
 
+    def reveal_and_commit(self, height: int) -> tuple[Reveal, Commitment]:
+        """`reveal(height)` and `commit(height + 1)` in one call (the driver collects the
+        next height's commitments with this height's reveals, saving a round trip)."""
+        return self.reveal(height), self.commit(height + 1)
+
     def beacon(
         self, height: int, commitments: Iterable[Commitment], reveals: Iterable[Reveal]
     ) -> Beacon:
-        """Compute (once) and remember the beacon of `height`; a different one later raises."""
-        beacon = compute_beacon(height, commitments, reveals, self.keys, self.verifier)
+        """Compute (once) and remember the beacon of `height`; a different one later raises.
+
+        The same commitments and reveals again return the remembered beacon unchecked.
+        """
+        inputs = (tuple(commitments), tuple(reveals))
+        known = self._beacons.get(height)
+        if known is not None and self._beacon_inputs.get(height) == inputs:
+            return known
+        beacon = compute_beacon(height, inputs[0], inputs[1], self.keys, self.verifier)
         known = self._beacons.setdefault(height, beacon)
         if known != beacon:
             raise ConsensusError(f"validator {self.index}: conflicting beacons at height {height}")
+        self._beacon_inputs[height] = inputs
         return beacon
 
     def leader(self, height: int, attempt: int = 0) -> int:
@@ -551,6 +579,15 @@ class Validator:
         if height not in self._beacons:
             raise ConsensusError(f"validator {self.index} has no beacon for height {height}")
         return leader_for(self._beacons[height], self.ids, attempt)
+
+    def _learn_beacon(
+        self,
+        height: int,
+        commitments: Iterable[Commitment] | None,
+        reveals: Iterable[Reveal] | None,
+    ) -> None:
+        if commitments is not None or reveals is not None:
+            self.beacon(height, commitments or (), reveals or ())
 
     # ----------------------------------------------------------------- blocks
 
@@ -562,20 +599,27 @@ class Validator:
         round: int,
         transactions: Sequence[Transaction],
         attempt: int = 0,
+        commitments: Iterable[Commitment] | None = None,
+        reveals: Iterable[Reveal] | None = None,
     ) -> Block:
-        """A block over `transactions`, if this validator leads `attempt` at `height`."""
+        """A block over `transactions`, if this validator leads `attempt` at `height`.
+
+        With `commitments` and `reveals`, the height's beacon is computed from them first.
+        """
+        self._learn_beacon(height, commitments, reveals)
         leader = self.leader(height, attempt)
         if leader != self.index:
             raise ConsensusError(
                 f"validator {self.index} does not lead attempt {attempt} at height {height}"
             )
-        return make_block(
+        block = make_block(
             height=height,
             prev_hash=prev_hash,
             proposer=self.index,
             round=round,
             transactions=transactions,
         )
+        return block if self._tamper is None else self._tamper(block)
 
     def validate_proposal(
         self,
@@ -585,13 +629,16 @@ class Validator:
         prev_hash: bytes,
         attempt: int = 0,
         check_transactions: TransactionCheck | None = None,
+        expected: Sequence[Transaction] | None = None,
     ) -> None:
         """Return None if `block` may be voted for; else raise `InvalidProposal` (why).
 
         Checks: a `Block`, canonical header and transactions, the height and previous
         hash, the Merkle root recomputed from the transactions, the proposer is the leader
-        of `attempt` by this validator's beacon, and `check_transactions` (e.g. every
-        Update's signature); a `QflError` it raises rejects the block.
+        of `attempt` by this validator's beacon, the transactions are exactly `expected`
+        (the ones submitted for the height, when given: a leader may not drop, add or
+        change any), and `check_transactions` (this validator's own check when None; e.g.
+        every Update's signature); a `QflError` it raises rejects the block.
         """
         if not isinstance(block, Block):
             raise InvalidProposal(f"not a block: {type(block).__name__}")
@@ -600,18 +647,69 @@ class Validator:
             raise InvalidProposal(f"block height {header.height}, expected {height}")
         if header.prev_hash != prev_hash:
             raise InvalidProposal(f"prev_hash {header.prev_hash.hex()[:16]}... is not the head")
-        transactions = _canonical_transactions(block)
+        transactions, unchecked = self._decode_transactions(block)
         if transactions_root(transactions) != header.merkle_root:
             raise InvalidProposal("merkle_root does not match the transactions")
         leader = self.leader(height, attempt)
         if header.proposer != leader:
             raise InvalidProposal(f"proposer {header.proposer}, attempt {attempt} leader {leader}")
-        if check_transactions is not None:
+        if expected is not None and not _same_transactions(transactions, expected):
+            raise InvalidProposal("the block does not hold the transactions submitted for it")
+        if check_transactions is not None:  # another check: prechecks do not count
+            check, unchecked = check_transactions, transactions
+        else:
+            check = self._check
+        if check is not None and unchecked:
             try:
-                check_transactions(transactions)
+                check(unchecked)
             except QflError as exc:
                 raise InvalidProposal(f"a transaction fails its check: {exc}") from exc
         self._validated.setdefault(height, set()).add(block_hash(header))
+
+    def _decode_transactions(
+        self, block: Block
+    ) -> tuple[tuple[Transaction, ...], tuple[Transaction, ...]]:
+        """The block's transactions decoded from their canonical bytes, and those of them
+        this validator's own check has not passed yet (`precheck`)."""
+        out, unchecked = [], []
+        prechecked = self._prechecked
+        for i, tx in enumerate(block.transactions):
+            try:
+                data = encode_tx(tx)
+                decoded = prechecked.get(data)
+                if decoded is None:
+                    decoded = decode_tx(data)
+                    unchecked.append(decoded)
+            except (LedgerIntegrityError, TypeError, ValueError) as exc:
+                raise InvalidProposal(f"transaction {i} is malformed: {exc}") from exc
+            out.append(decoded)
+        return tuple(out), tuple(unchecked)
+
+    def precheck(self, transactions: Sequence[Transaction]) -> int:
+        """Decode and check `transactions` ahead of the block that will hold them.
+
+        E.g. a round's updates as the keeper admits them: a proposal holding the same
+        canonical bytes later reuses the decoded record and skips this validator's own
+        check for it (decoding is a function of the bytes, so this is exact; the check must
+        judge each transaction alone, as `ledger.contract.update_signature_check` does).
+        A transaction that is malformed or fails is not remembered: the proposal's
+        validation refuses it with the reason. Returns how many passed.
+        """
+        if self._check is None:
+            return 0
+        passed = 0
+        for tx in transactions:
+            try:
+                data = encode_tx(tx)
+                decoded = decode_tx(data)
+                self._check((decoded,))
+            except (QflError, TypeError, ValueError):
+                continue
+            self._prechecked[data] = decoded
+            passed += 1
+        while len(self._prechecked) > PRECHECKED_MAX:  # oldest first
+            del self._prechecked[next(iter(self._prechecked))]
+        return passed
 
     def vote(self, block: Block) -> Vote:
         """Sign the hash of `block`, which this validator validated; one block per height.
@@ -635,25 +733,90 @@ class Validator:
             signature=self._signer.sign(digest_, CTX_BLOCK),
         )
 
+    def endorse(
+        self,
+        block: Block | BlockHeader,
+        *,
+        transactions: Sequence[Transaction] | None = None,
+        height: int,
+        prev_hash: bytes,
+        attempt: int = 0,
+        check_transactions: TransactionCheck | None = None,
+        expected: Sequence[Transaction] | None = None,
+        commitments: Iterable[Commitment] | None = None,
+        reveals: Iterable[Reveal] | None = None,
+    ) -> Vote:
+        """`validate_proposal`, then `vote`: one call per validator and attempt.
+
+        The proposal is a `Block`, or its header with `transactions` (sent apart, e.g.
+        published once for every validator: then they are the submitted ones). With
+        `commitments` and `reveals`, the height's beacon is computed from them first.
+        Raises `InvalidProposal` (or another `ConsensusError`) when it does not vote.
+        """
+        if isinstance(block, BlockHeader):
+            if transactions is None:
+                raise InvalidProposal("a block header without its transactions")
+            block = Block.model_construct(
+                header=block, transactions=tuple(transactions), certificate=()
+            )
+        self._learn_beacon(height, commitments, reveals)
+        self.validate_proposal(
+            block,
+            height=height,
+            prev_hash=prev_hash,
+            attempt=attempt,
+            check_transactions=check_transactions,
+            expected=expected,
+        )
+        vote = self.vote(block)
+        for tx in block.transactions:  # in a block now: no later block may hold them again
+            self._prechecked.pop(encode_tx(tx), None)
+        return vote
+
     def forget_below(self, height: int) -> None:
         """Drop the per-height state of heights < `height` (after they are committed)."""
-        for table in (self._secrets, self._commitments, self._beacons, self._validated):
+        tables = (
+            self._secrets,
+            self._commitments,
+            self._beacons,
+            self._beacon_inputs,
+            self._validated,
+            self._voted,
+        )
+        for table in tables:
             for h in [h for h in table if h < height]:
                 del table[h]
-        for h in [h for h in self._voted if h < height]:
-            del self._voted[h]
 
 
 # --------------------------------------------------------------------------- driver
 
 
 class Consensus:
-    """The driver-side coordinator: runs one height over in-process validators.
+    """The driver-side coordinator: runs one height over the validators.
 
     `validators[i]` is the validator with the i-th smallest index, or None when it is
-    down; a validator whose call raises anything other than `InvalidProposal` counts as
-    crashed for the rest of the height. Byzantine leaders are simulated with `tamper`:
-    ``{index: f}`` replaces validator index's proposals by ``f(honest_block)``.
+    down. Two ways to reach them:
+
+    - in process (``resolve=None``): `Validator` objects, called one after the other;
+      votes are collected until a quorum is reached.
+    - remote (`resolve` given): handles with the `Validator` methods ``commit``,
+      ``reveal_and_commit``, ``propose`` and ``endorse`` (and an ``index``) whose calls
+      return pending results. Each phase is issued to every live validator first and then
+      resolved together (so they validate a block in parallel), and every valid vote
+      that arrives goes into the certificate. The height's transactions are published
+      once with `share` and passed as that handle: a leader may answer ``propose`` with
+      the block's `BlockHeader` alone when its block holds exactly the transactions it
+      was given, and ``endorse`` then gets the header and the shared transactions (a
+      block over other transactions is shared whole).
+
+    A validator whose call fails with anything other than a `ConsensusError` (crashed,
+    timed out, or any other error) counts as crashed for the rest of the height; a
+    `ConsensusError` from ``endorse`` (e.g. `InvalidProposal`) is a refusal to vote.
+    Byzantine leaders are simulated with `tamper`: ``{index: f}`` replaces validator
+    index's proposals by ``f(honest_block)`` (in process; remote validators take theirs
+    at construction, see `Validator`). Both ways, the next height's commitments come with
+    this height's reveals (`Validator.reveal_and_commit`), and a certified block is made
+    of the driver's own transaction objects (every voter checked it holds exactly them).
     """
 
     def __init__(
@@ -663,6 +826,8 @@ class Consensus:
         f: int | None = None,
         verifier: Verifier | None = None,
         backend: str = "auto",
+        resolve: Resolve | None = None,
+        share: Share | None = None,
     ):
         self.keys = _sorted_keys(validator_keys)
         self.ids = tuple(self.keys)
@@ -670,8 +835,11 @@ class Consensus:
         self.f = max_faults(self.n) if f is None else f
         self.quorum = quorum_size(self.n, self.f)
         self.verifier = verifier if verifier is not None else Verifier(backend)
+        self._resolve = resolve
+        self._share = share if share is not None and resolve is not None else _identity
+        self._ahead: dict[int, dict[int, Commitment]] = {}  # height -> next commitments
 
-    def _live(self, validators: Sequence[Validator | None]) -> dict[int, Validator]:
+    def _live(self, validators: Sequence[object | None]) -> dict[int, Any]:
         if len(validators) != self.n:
             raise ConsensusError(f"{len(validators)} validator slots for {self.n} validators")
         live = {}
@@ -688,7 +856,7 @@ class Consensus:
         height: int,
         prev_hash: bytes,
         transactions: Sequence[Transaction] | Callable[[Beacon], Sequence[Transaction]],
-        validators: Sequence[Validator | None],
+        validators: Sequence[Validator | Any | None],
         *,
         round: int = 0,
         check_transactions: TransactionCheck | None = None,
@@ -698,33 +866,55 @@ class Consensus:
 
         `transactions` may be a function of this height's beacon (e.g. a `RoundOpen` whose
         clients are sampled with `beacon_seed(beacon)`); it is called once, after the
-        beacon and before any proposal. Returns the `Decision` with the certified block;
-        raises `ConsensusError` when no attempt reaches a quorum (more than f validators
-        down or misbehaving).
+        beacon and before any proposal. `check_transactions` is passed to in-process
+        validators (None: each uses its own). Returns the `Decision` with the certified
+        block; raises `ConsensusError` when no attempt reaches a quorum (more than f
+        validators down or misbehaving).
         """
         live = self._live(validators)
         faulty: set[int] = set()
-        commitments = self._gather(live, faulty, lambda v: v.commit(height))
-        reveals = self._gather(live, faulty, lambda v: v.reveal(height))
+        ahead = self._ahead.pop(height, {})  # committed with the previous height's reveals
+        self._ahead.clear()
+        commitments = [c for i, c in ahead.items() if i in live]
+        late = {i: v for i, v in live.items() if i not in ahead}
+        commitments += self._gather(late, faulty, lambda v: v.commit(height))
+        opened = self._gather(live, faulty, lambda v: v.reveal_and_commit(height))
+        reveals = [reveal for reveal, _ in opened]
+        self._ahead[height + 1] = {c.index: c for _, c in opened}
         beacon = compute_beacon(height, commitments, reveals, self.keys, self.verifier)
-        self._gather(live, faulty, lambda v: v.beacon(height, commitments, reveals))
         if callable(transactions):
             transactions = tuple(transactions(beacon))
+        transactions = tuple(transactions)
+        if self._resolve is not None:
+            for tx in transactions:  # encoded once here; the encodings travel with them
+                encode_tx(tx)
+        round_ = _Height(
+            height=height,
+            prev_hash=prev_hash,
+            round=round,
+            transactions=transactions,
+            shared=self._share(transactions),
+            commitments=tuple(commitments),
+            reveals=tuple(reveals),
+            check=check_transactions,
+        )
         failures: list[AttemptFailure] = []
         for attempt in range(self.n):
             leader = leader_for(beacon, self.ids, attempt)
             try:
-                block = self._propose(
-                    live, faulty, leader, tamper, attempt, height, prev_hash, round, transactions
-                )
-                certificate = self._collect_votes(
-                    live, faulty, block, height, prev_hash, attempt, check_transactions
-                )
+                block = self._propose(live, faulty, leader, tamper, attempt, round_)
+                certificate = self._collect_votes(live, faulty, block, attempt, round_)
             except ConsensusError as exc:
                 _log.info("height %d attempt %d (leader %d): %s", height, attempt, leader, exc)
                 failures.append(AttemptFailure(attempt=attempt, leader=leader, reason=str(exc)))
                 continue
-            certified = block.with_certificate(certificate)
+            # every voter checked that the block holds exactly the submitted transactions:
+            # the certified block is made of them (the driver's own objects)
+            certified = Block.model_construct(
+                header=block.header, transactions=transactions, certificate=certificate
+            )
+            if transactions_root(transactions) != certified.header.merkle_root:
+                raise ConsensusError(f"height {height}: a quorum certified other transactions")
             check_certificate(
                 certified.hash, certificate, self.keys, self.f, verifier=self.verifier, strict=True
             )
@@ -741,60 +931,90 @@ class Consensus:
             + "; ".join(f"{f.leader}: {f.reason}" for f in failures)
         )
 
-    @staticmethod
-    def _gather(
-        live: Mapping[int, Validator], faulty: set[int], call: Callable[[Validator], _T]
-    ) -> list[_T]:
-        out: list[_T] = []
-        for index, v in live.items():
-            if index in faulty:
-                continue
+    def _call(
+        self, live: Mapping[int, Any], faulty: set[int], call: Callable[[Any], _T]
+    ) -> list[tuple[int, _T | Exception]]:
+        """`call` on every live, non-faulty validator: (index, value or exception) each.
+
+        In process, one after the other; remote, all issued, then resolved together.
+        """
+        indices = [i for i in live if i not in faulty]
+        if self._resolve is None:
+            out: list[tuple[int, _T | Exception]] = []
+            for index in indices:
+                try:
+                    out.append((index, call(live[index])))
+                except Exception as exc:  # a crashed validator must not stop the others
+                    out.append((index, exc))
+            return out
+        issued: list[int] = []
+        pending: list[Any] = []
+        failed: list[tuple[int, Exception]] = []
+        for index in indices:
             try:
-                out.append(call(v))
-            except Exception as exc:  # a crashed validator must not stop the others
-                _log.warning("validator %d failed: %s", index, exc)
+                pending.append(call(live[index]))
+            except Exception as exc:  # could not even submit the call
+                failed.append((index, exc))
+                continue
+            issued.append(index)
+        results = self._resolve(pending) if pending else []
+        if len(results) != len(pending):
+            raise ConsensusError(f"resolve returned {len(results)} results for {len(pending)}")
+        return [*zip(issued, results, strict=True), *failed]
+
+    def _gather(
+        self, live: Mapping[int, Any], faulty: set[int], call: Callable[[Any], _T]
+    ) -> list[_T]:
+        """The values of `call` on every live validator; a validator that fails is faulty."""
+        out: list[_T] = []
+        for index, result in sorted(self._call(live, faulty, call), key=_first):
+            if isinstance(result, BaseException):
+                _log.warning("validator %d failed: %s", index, result)
                 faulty.add(index)
+            else:
+                out.append(result)
         return out
 
     def _propose(
         self,
-        live: Mapping[int, Validator],
+        live: Mapping[int, Any],
         faulty: set[int],
         leader: int,
         tamper: Mapping[int, Tamper] | None,
         attempt: int,
-        height: int,
-        prev_hash: bytes,
-        round: int,
-        transactions: Sequence[Transaction],
+        h: _Height,
     ) -> Block:
-        v = live.get(leader)
-        if v is None or leader in faulty:
+        if leader not in live or leader in faulty:
             raise ConsensusError("the leader is down")
-        try:
-            block = v.propose(
-                height=height,
-                prev_hash=prev_hash,
-                round=round,
-                transactions=transactions,
+        ((_, block),) = self._call(
+            {leader: live[leader]},
+            set(),
+            lambda v: v.propose(
+                height=h.height,
+                prev_hash=h.prev_hash,
+                round=h.round,
+                transactions=h.shared,
                 attempt=attempt,
-            )
-        except Exception as exc:
+                commitments=h.commitments,
+                reveals=h.reveals,
+            ),
+        )
+        if isinstance(block, BaseException):
             faulty.add(leader)
-            raise ConsensusError(f"the leader failed to propose: {exc}") from exc
+            raise ConsensusError(f"the leader failed to propose: {block}") from block
+        if isinstance(block, BlockHeader):  # a remote leader's block over h.transactions
+            block = Block.model_construct(header=block, transactions=h.transactions, certificate=())
         if tamper and leader in tamper:
             block = tamper[leader](block)
         return block
 
     def _collect_votes(
         self,
-        live: Mapping[int, Validator],
+        live: Mapping[int, Any],
         faulty: set[int],
         block: Block,
-        height: int,
-        prev_hash: bytes,
         attempt: int,
-        check_transactions: TransactionCheck | None,
+        h: _Height,
     ) -> Certificate:
         votes: dict[int, bytes] = {}
         refusals: list[str] = []
@@ -802,29 +1022,90 @@ class Consensus:
             digest_ = block_hash(_canonical_header(block))
         except InvalidProposal as exc:
             raise ConsensusError(f"no quorum: {exc}") from exc
-        for index, v in live.items():
-            if index in faulty:
-                continue
+        if self._resolve is None:
+            proposal, transactions, expected = block, None, h.transactions
+        elif block.transactions is h.transactions:  # the header, and the shared transactions
+            proposal, transactions, expected = block.header, h.shared, None
+        else:  # a block over other transactions: published once
+            proposal, transactions, expected = self._share(block), None, h.shared
+
+        def endorse(v: Any) -> Vote:
+            return v.endorse(
+                proposal,
+                transactions=transactions,
+                height=h.height,
+                prev_hash=h.prev_hash,
+                attempt=attempt,
+                check_transactions=h.check,
+                expected=expected,
+                commitments=h.commitments,
+                reveals=h.reveals,
+            )
+
+        def count(index: int, result: Vote | Exception) -> None:
+            if isinstance(result, ConsensusError):
+                refusals.append(f"{index}: {result}")
+                return
+            if isinstance(result, BaseException):
+                _log.warning("validator %d failed: %s", index, result)
+                faulty.add(index)
+                return
             try:
-                v.validate_proposal(
-                    block,
-                    height=height,
-                    prev_hash=prev_hash,
-                    attempt=attempt,
-                    check_transactions=check_transactions,
-                )
-                vote = v.vote(block)
-                check_vote(vote, digest_, self.keys, self.verifier)
+                check_vote(result, digest_, self.keys, self.verifier)
+                if result.index != index:
+                    raise ConsensusError(f"validator {index} sent the vote of {result.index}")
             except ConsensusError as exc:
                 refusals.append(f"{index}: {exc}")
-                continue
-            except Exception as exc:
-                _log.warning("validator %d failed: %s", index, exc)
-                faulty.add(index)
-                continue
-            votes[index] = vote.signature
+                return
+            votes[index] = result.signature
+
+        if self._resolve is None:  # one by one, until a quorum
+            for index, v in live.items():
+                if index in faulty:
+                    continue
+                try:
+                    result: Vote | Exception = endorse(v)
+                except Exception as exc:
+                    result = exc
+                count(index, result)
+                if len(votes) >= self.quorum:
+                    return tuple(sorted(votes.items()))
+        else:  # all at once: every valid vote that arrives is in the certificate
+            for index, result in sorted(self._call(live, faulty, endorse), key=_first):
+                count(index, result)
             if len(votes) >= self.quorum:
                 return tuple(sorted(votes.items()))
         raise ConsensusError(
             f"no quorum ({len(votes)} of {self.quorum} votes): " + "; ".join(refusals[:3])
         )
+
+
+class _Height(NamedTuple):
+    """What the calls of one height need."""
+
+    height: int
+    prev_hash: bytes
+    round: int
+    transactions: tuple[Transaction, ...]
+    shared: Any  # `share(transactions)`: what remote calls get instead of them
+    commitments: tuple[Commitment, ...]
+    reveals: tuple[Reveal, ...]
+    check: TransactionCheck | None
+
+
+def _same_transactions(a: Sequence[Transaction], b: Sequence[Transaction]) -> bool:
+    """Whether `a` and `b` are the same transactions (canonical bytes), in order."""
+    try:
+        return len(a) == len(b) and all(
+            encode_tx(x) == encode_tx(y) for x, y in zip(a, b, strict=True)
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidProposal(f"the submitted transactions do not encode: {exc}") from exc
+
+
+def _identity(value: _T) -> _T:
+    return value
+
+
+def _first(pair: tuple[int, object]) -> int:
+    return pair[0]

@@ -13,7 +13,16 @@ Two backends compute the same scheme and accept each other's keys and signatures
 Keys are 32-byte FIPS 204 seeds (see `ledger.keys` for their derivation), so a seed gives
 the same key pair under both backends. Every signature is bound to a FIPS 204 context
 string (`CTX_UPDATE`, `CTX_BLOCK`, ...): a signature made under one context does not
-verify under another. Signatures are hedged (randomized), never assume they repeat.
+verify under another.
+
+Signatures are hedged (FIPS 204's default, randomized: never assume they repeat) unless a
+signer is made with ``deterministic=True``: FIPS 204's deterministic variant (the
+per-signature randomness ``rnd`` is 32 zero bytes), so a key, message and context always
+give the same signature, which makes ledgers byte-for-byte reproducible. Only liboqs can
+sign so: liboqs draws ``rnd`` from its replaceable randombytes source, which is handed
+zeros for that one draw; cryptography (48) signs hedged only (its OpenSSL's
+deterministic option is not exposed), so it refuses ``deterministic=True``. Both variants
+verify alike everywhere.
 
 A failed check raises `SignatureError`; `verify` never returns a bool.
 """
@@ -241,16 +250,24 @@ class Signer(ABC):
 
     backend_name: str
     public_key: bytes
+    deterministic: bool = False
 
     @abstractmethod
     def sign(self, message: bytes, context: bytes) -> bytes:
-        """A 3309-byte hedged signature of `message` under the FIPS 204 `context`."""
+        """A 3309-byte signature of `message` under the FIPS 204 `context` (hedged, or
+        FIPS 204's deterministic variant for a `deterministic` signer)."""
 
 
 class _CryptographySigner(Signer):
     backend_name = "cryptography"
 
-    def __init__(self, seed: bytes) -> None:
+    def __init__(self, seed: bytes, deterministic: bool = False) -> None:
+        if deterministic:
+            raise BackendUnavailable(
+                f"cryptography backend: deterministic {ALGORITHM} signing is not available "
+                "(cryptography signs hedged only); use backend='liboqs' for deterministic "
+                f"signatures ({BUILD_HINT})"
+            )
         self._key = _cryptography_mldsa().MLDSA65PrivateKey.from_seed_bytes(seed)
         self.public_key = self._key.public_key().public_bytes_raw()
 
@@ -259,17 +276,20 @@ class _CryptographySigner(Signer):
         return self._key.sign(message, context)
 
 
-# liboqs has no seeded ML-DSA keygen. Its keygen draws exactly the 32-byte FIPS 204 seed
-# xi from OQS_randombytes, and liboqs lets a caller replace that source
-# (OQS_randombytes_custom_algorithm, <oqs/rand.h>). So keygen runs with a source that hands
-# the seed to this thread's first 32-byte draw and fresh os.urandom bytes to every other
-# draw; the result is checked against the cryptography public key of the same seed.
+# liboqs has no seeded ML-DSA keygen and no deterministic signing call. Its keygen draws
+# exactly the 32-byte FIPS 204 seed xi from OQS_randombytes, its signing exactly the 32-byte
+# rnd, and liboqs lets a caller replace that source (OQS_randombytes_custom_algorithm,
+# <oqs/rand.h>). So keygen (and deterministic signing) runs with a source that hands the
+# seed (32 zero bytes) to this thread's first 32-byte draw and fresh os.urandom bytes to
+# every other draw; a keygen's result is checked against the cryptography public key of
+# the same seed, and a deterministic signature against FIPS 204 in the tests.
 _RANDOMBYTES = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_uint8), ctypes.c_size_t)
 _KEYGEN_LOCK = threading.Lock()
+_ZERO_RND: Final = bytes(32)  # FIPS 204 ML-DSA.Sign's deterministic variant: rnd = {0}^32
 
 
 class _SeedSource:
-    """State of the seeded randombytes source; armed only inside `_liboqs_keypair`."""
+    """State of the seeded randombytes source; armed only while `_armed_randombytes` runs."""
 
     def __init__(self) -> None:
         self.seed: bytes | None = None
@@ -288,21 +308,38 @@ _SEED_SOURCE = _SeedSource()
 _SEED_CALLBACK = _RANDOMBYTES(_SEED_SOURCE.fill)  # module-lived: C may still hold the pointer
 
 
+_installed: list[ModuleType] = []  # the oqs whose randombytes source is _SEED_CALLBACK
+
+
+@contextmanager
+def _armed_randombytes(oqs: ModuleType, value: bytes) -> Iterator[Callable[[], bool]]:
+    """Run the body with liboqs' next 32-byte draw on this thread answered by `value`.
+
+    Yields a function telling whether that draw happened. The callback source is installed
+    once per process and then stays: unarmed (and on any other thread) it answers with
+    os.urandom, the system CSPRNG liboqs' own "system" source reads too.
+    """
+    with _KEYGEN_LOCK:
+        if not _installed:
+            oqs.native().OQS_randombytes_custom_algorithm(_SEED_CALLBACK)
+            _installed.append(oqs)
+        _SEED_SOURCE.seed, _SEED_SOURCE.thread = value, threading.get_ident()
+        try:
+            yield lambda: _SEED_SOURCE.seed is None
+        finally:
+            _SEED_SOURCE.seed, _SEED_SOURCE.thread = None, None
+
+
 def _liboqs_keypair(oqs: ModuleType, seed: bytes) -> tuple[bytes, bytes]:
     """(public key, 4032-byte expanded secret key) of FIPS 204 ML-DSA.KeyGen_internal(seed)."""
-    native = oqs.native()
     sig = oqs.Signature(ALGORITHM)
-    with _KEYGEN_LOCK:
-        _SEED_SOURCE.seed, _SEED_SOURCE.thread = seed, threading.get_ident()
-        native.OQS_randombytes_custom_algorithm(_SEED_CALLBACK)
-        try:
+    try:
+        with _armed_randombytes(oqs, seed) as consumed_seed:
             public_key = sig.generate_keypair()
             secret_key = sig.export_secret_key()
-            consumed = _SEED_SOURCE.seed is None
-        finally:
-            native.OQS_randombytes_switch_algorithm(b"system")
-            _SEED_SOURCE.seed, _SEED_SOURCE.thread = None, None
-            sig.free()
+            consumed = consumed_seed()
+    finally:
+        sig.free()
     if not consumed or public_key != _expected_public_key(seed, public_key):
         raise BackendUnavailable(
             f"liboqs backend: this liboqs does not derive {ALGORITHM} keys from the seed as "
@@ -323,26 +360,38 @@ def _expected_public_key(seed: bytes, fallback: bytes) -> bytes:
 class _LiboqsSigner(Signer):
     backend_name = "liboqs"
 
-    def __init__(self, seed: bytes) -> None:
-        oqs = _load_oqs()
-        self.public_key, secret_key = _liboqs_keypair(oqs, seed)
-        self._sig = oqs.Signature(ALGORITHM, secret_key=secret_key)
+    def __init__(self, seed: bytes, deterministic: bool = False) -> None:
+        self._oqs = _load_oqs()
+        self.public_key, secret_key = _liboqs_keypair(self._oqs, seed)
+        self._sig = self._oqs.Signature(ALGORITHM, secret_key=secret_key)
+        self.deterministic = deterministic
         weakref.finalize(self, self._sig.free)  # wipes the secret key
 
     def sign(self, message: bytes, context: bytes) -> bytes:
         _check_context(context)
-        return self._sig.sign_with_ctx_str(message, context)
+        if not self.deterministic:
+            return self._sig.sign_with_ctx_str(message, context)
+        with _armed_randombytes(self._oqs, _ZERO_RND) as consumed_rnd:
+            signature = self._sig.sign_with_ctx_str(message, context)
+            if not consumed_rnd():  # pragma: no cover - a liboqs that draws rnd otherwise
+                raise BackendUnavailable(
+                    f"liboqs backend: this liboqs does not draw the {ALGORITHM} signing "
+                    "randomness as FIPS 204 does; deterministic signing is unavailable"
+                )
+        return signature
 
 
-def signer_from_seed(seed: bytes, *, backend: str = "auto") -> Signer:
+def signer_from_seed(seed: bytes, *, backend: str = "auto", deterministic: bool = False) -> Signer:
     """The signer of the key pair FIPS 204 derives from a 32-byte `seed` (same under all backends).
 
-    Signers are not picklable: send the seed (or what derives it) to where signing happens.
+    With `deterministic`, it signs with FIPS 204's deterministic variant (liboqs only; the
+    cryptography backend raises `BackendUnavailable`). Signers are not picklable: send the
+    seed (or what derives it) to where signing happens.
     """
     _check_seed(seed)
     if resolve_backend(backend) == "liboqs":
-        return _LiboqsSigner(seed)
-    return _CryptographySigner(seed)
+        return _LiboqsSigner(seed, deterministic)
+    return _CryptographySigner(seed, deterministic)
 
 
 # --------------------------------------------------------------------------- verifying
@@ -366,12 +415,53 @@ def _cryptography_check(public_key: bytes, message: bytes, signature: bytes, ctx
 
 
 def _liboqs_check(oqs: ModuleType) -> _Check:
+    """liboqs' ML-DSA-65 verification, called directly (no argument copies) when it can be.
+
+    liboqs-python's ``verify_with_ctx_str`` copies the message, signature, context and key
+    into fresh ctypes buffers on every call; ``OQS_SIG_ml_dsa_65_verify_with_ctx_str``
+    (liboqs' public C API, <oqs/sig_ml_dsa.h>) reads them in place. It is bound on a
+    handle of our own to the library `oqs` loaded, so liboqs-python's bindings are left
+    untouched; where it cannot be bound, liboqs-python's call is used.
+    """
+    verify = _liboqs_direct_verify()
+    if verify is not None:
+
+        def check_direct(public_key: bytes, message: bytes, signature: bytes, ctx: bytes) -> bool:
+            status = verify(
+                message, len(message), signature, len(signature), ctx, len(ctx), public_key
+            )
+            return status == 0  # OQS_SUCCESS
+
+        return check_direct
     sig = oqs.Signature(ALGORITHM)  # stateless for verification: one per verifier suffices
 
     def check(public_key: bytes, message: bytes, signature: bytes, ctx: bytes) -> bool:
         return sig.verify_with_ctx_str(message, signature, ctx, public_key)
 
     return check
+
+
+@functools.cache
+def _liboqs_direct_verify() -> Callable[..., int] | None:
+    library = liboqs_library()
+    if library is None:  # pragma: no cover - _load_oqs found it
+        return None
+    try:
+        function = ctypes.CDLL(str(library)).OQS_SIG_ml_dsa_65_verify_with_ctx_str
+    except (OSError, AttributeError) as exc:
+        _log.debug("liboqs: no direct ML-DSA-65 verify (%s); using liboqs-python's", exc)
+        return None
+    function.argtypes = [
+        ctypes.c_char_p,  # message
+        ctypes.c_size_t,
+        ctypes.c_char_p,  # signature
+        ctypes.c_size_t,
+        ctypes.c_char_p,  # context
+        ctypes.c_size_t,
+        ctypes.c_char_p,  # public key (PUBLIC_KEY_BYTES, checked by the caller)
+    ]
+    function.restype = ctypes.c_int
+    return function
 
 
 class Verifier:
@@ -410,7 +500,13 @@ class Verifier:
             if key in self._verified:
                 self._verified.move_to_end(key)
                 return
-        if not self._check(bytes(public_key), message, bytes(signature), context):
+        if type(public_key) is not bytes:  # the checks take bytes (liboqs reads them in place)
+            public_key = bytes(public_key)
+        if type(message) is not bytes:
+            message = bytes(message)
+        if type(signature) is not bytes:
+            signature = bytes(signature)
+        if not self._check(public_key, message, signature, context):
             raise SignatureError(f"{ALGORITHM} signature does not verify under context {context!r}")
         if key is not None:
             self._verified[key] = None

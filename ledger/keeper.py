@@ -18,22 +18,44 @@ Blocks go through `ledger.consensus.Consensus` (3f+1 validators, quorum
 certificates) and are appended to the SQLite store. Keys come from the run's
 master secret by HKDF, so a run is reproducible from its seed; the validators'
 randomness comes from a QRNG (Hadamard-and-measure on Aer) seeded per validator.
+
+Where the validators run: in this process (the default of the pure class, and
+``validator_placement: in_process``), or wherever a `ValidatorHost` starts them
+(actors/ledger_keeper.py gives one that makes each validator its own Ray actor,
+``validator_placement: actors``). Each is built from a `ValidatorSpec` by
+`build_validator`, with its own signer, verifier, QRNG and update-signature check.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ledger.consensus import Consensus, Validator, beacon_seed
-from ledger.contract import Contract, update_signature_check
+from ledger.consensus import (
+    REVEAL_BYTES,
+    Consensus,
+    ConsensusError,
+    Decision,
+    Tamper,
+    Validator,
+    beacon_seed,
+    max_faults,
+)
+from ledger.contract import Contract, burned_nonces, update_signature_check
 from ledger.crypto import CTX_UPDATE, Signer, Verifier, resolve_backend, signer_from_seed
-from ledger.encoding import digest, domain_digest, to_micro, weights_digest
+from ledger.encoding import (
+    LedgerIntegrityError,
+    digest,
+    domain_digest,
+    to_micro,
+    weights_digest,
+)
 from ledger.keys import derive_seed
 from ledger.records import (
     ZERO_HASH,
@@ -45,9 +67,14 @@ from ledger.records import (
     Transaction,
     UnsignedUpdate,
     Update,
+    encode_tx,
+    forget_encoding,
     update_signing_payload,
 )
-from ledger.store import LedgerStore
+from ledger.store import LedgerStore, open_readonly
+from ledger.verify import verify_ledger
+
+_log = logging.getLogger(__name__)
 
 
 class LedgerConfig(BaseModel):
@@ -62,6 +89,22 @@ class LedgerConfig(BaseModel):
     qrng: Literal["aer", "seeded"] = Field(
         "aer", description="validators' beacon randomness: Aer QRNG, or a seeded generator"
     )
+    validator_placement: Literal["actors", "in_process"] = Field(
+        "actors",
+        description="each validator its own Ray actor, or all inside the ledger keeper",
+    )
+    validator_timeout_s: float = Field(
+        60.0, gt=0, description="a validator call unanswered this long counts as crashed"
+    )
+    signatures: Literal["hedged", "deterministic"] = Field(
+        "hedged",
+        description="ML-DSA-65 signing: hedged (randomized), or FIPS 204's deterministic "
+        "variant (reproducible ledger bytes; needs the liboqs backend)",
+    )
+
+    @property
+    def deterministic(self) -> bool:
+        return self.signatures == "deterministic"
 
 
 class SigningSpec(BaseModel):
@@ -72,6 +115,85 @@ class SigningSpec(BaseModel):
     run_id: str
     master_secret: bytes
     backend: Literal["liboqs", "cryptography"]
+    deterministic: bool = False  # FIPS 204 deterministic signing (LedgerConfig.signatures)
+
+
+class ValidatorSpec(BaseModel):
+    """Everything one validator needs but the client registry (see `build_validator`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0)
+    signing_seed: bytes = Field(min_length=32, max_length=32)  # its own key seed only
+    validator_keys: dict[int, bytes]
+    backend: Literal["liboqs", "cryptography"]
+    deterministic: bool = False
+    qrng: Literal["aer", "seeded"] = "aer"
+    qrng_seed: int
+    run_id: str
+    skip_bytes: int = Field(0, ge=0)  # randomness already drawn (a resumed ledger's heights)
+
+
+class ValidatorHost(Protocol):
+    """Runs validators away from the keeper (e.g. each as a Ray actor: actors/validator.py).
+
+    `start` returns one handle per spec (an ``index`` and the `Validator` methods
+    ``commit``, ``reveal_and_commit``, ``propose``, ``endorse`` and ``precheck``, each
+    returning a pending call); `resolve` and `share` are `ledger.consensus.Consensus`'s
+    hooks; `post` sends calls nobody waits for (the keeper posts each round's accepted
+    updates to `Validator.precheck` as it admits them); `stop` ends them.
+    """
+
+    def start(
+        self,
+        specs: Sequence[ValidatorSpec],
+        registry: Mapping[int, bytes],
+        tamper: Mapping[int, Tamper] | None = None,
+    ) -> list[Any]:
+        """Start one validator per spec (`tamper`: `build_validator`'s, by index); return
+        their handles, in spec order."""
+
+    def resolve(self, pending: list[Any]) -> list[Any]:
+        """The values of pending calls, or the exception each raised (see `Consensus`)."""
+
+    def share(self, value: Any) -> Any:
+        """Publish `value` once for many calls."""
+
+    def post(self, pending: list[Any]) -> None:
+        """Let pending calls run without waiting for them (their errors are dropped)."""
+
+    def stop(self) -> None:
+        """Stop the validators."""
+
+
+def build_validator(
+    spec: ValidatorSpec,
+    registry: Mapping[int, bytes],
+    *,
+    verifier: Verifier | None = None,
+    tamper: Tamper | None = None,
+) -> Validator:
+    """Validator `spec.index`: its signer, QRNG, verifier and update-signature check.
+
+    `verifier` may be shared (with a cache) by validators in one process; by default each
+    gets its own. `tamper` is the test-only Byzantine hook of `Validator`.
+    """
+    signer = signer_from_seed(
+        spec.signing_seed, backend=spec.backend, deterministic=spec.deterministic
+    )
+    verifier = verifier if verifier is not None else Verifier(spec.backend)
+    randomness = _randomness(spec.qrng, spec.qrng_seed)
+    if spec.skip_bytes:  # continue the stream where the run that wrote the ledger left it
+        randomness(spec.skip_bytes)
+    return Validator(
+        spec.index,
+        signer,
+        spec.validator_keys,
+        randomness,
+        verifier=verifier,
+        check_transactions=update_signature_check(verifier, registry, spec.run_id),
+        tamper=tamper,
+    )
 
 
 class RoundPlan(BaseModel):
@@ -145,13 +267,39 @@ def _randomness(kind: str, seed: int) -> Callable[[int], bytes]:
     return buffered(QRNG(seed_simulator=seed).random_bytes)
 
 
+def _recorded_transactions(path: Path) -> list[Transaction]:
+    """Every transaction of the verified ledger at `path` (LedgerIntegrityError if bad)."""
+    verify_ledger(path)
+    store = open_readonly(path)
+    try:
+        return [tx for block in store.blocks() for tx in block.transactions]
+    finally:
+        store.close()
+
+
+def _head_height(path: Path) -> int:
+    store = open_readonly(path)
+    try:
+        head = store.head()
+    finally:
+        store.close()
+    if head is None:
+        raise LedgerIntegrityError(f"{path}: an empty ledger cannot be resumed")
+    return head[0]
+
+
 def client_public_keys(master: bytes, n_clients: int, backend: str) -> dict[int, bytes]:
     """The registry: each client's ML-DSA-65 public key, derived from the master secret."""
     return {k: client_signer(master, k, backend).public_key for k in range(n_clients)}
 
 
 class LedgerKeeper:
-    """Writes one run's ledger; `open_round` / `admit` / `close_round` once per round."""
+    """Writes one run's ledger; `open_round` / `admit` / `close_round` once per round.
+
+    The validators run in this process unless `host` is given (module docstring);
+    `tamper` (test only, no configuration sets it) makes validator i Byzantine:
+    ``tamper[i](honest_block)`` replaces every block it proposes.
+    """
 
     def __init__(
         self,
@@ -164,33 +312,72 @@ class LedgerKeeper:
         config_bytes: bytes,
         config: LedgerConfig,
         seed: int,
+        host: ValidatorHost | None = None,
+        tamper: Mapping[int, Tamper] | None = None,
+        resume: bool = False,
     ):
+        """`resume`: continue the ledger already at `path` (a resumed run) instead of
+        writing genesis: the chain is verified, its genesis must be this run's, the nonces
+        it recorded stay burned, and a round it opened but did not close is open again."""
         self.backend = resolve_backend(config.backend)
         self.run_id = run_id
         self.path = Path(path)
-        self.store = LedgerStore(self.path)
-        signers = [
-            signer_from_seed(derive_seed(master_secret, "validator", i), backend=self.backend)
-            for i in range(config.validators)
-        ]
-        keys = {i: s.public_key for i, s in enumerate(signers)}
-        # shared by the contract and the in-process validators: each signature is
-        # checked once however many of them re-check it
+        self.deterministic = config.deterministic
+        seeds = [derive_seed(master_secret, "validator", i) for i in range(config.validators)]
+        keys = {
+            i: signer_from_seed(
+                s, backend=self.backend, deterministic=self.deterministic
+            ).public_key
+            for i, s in enumerate(seeds)
+        }
+        # shared by the contract and in-process validators: each signature is checked once
+        # however many of them re-check it
         self.verifier = Verifier(self.backend, cache_size=65536)
-        self.validators = [
-            Validator(i, s, keys, _randomness(config.qrng, seed + i), verifier=self.verifier)
-            for i, s in enumerate(signers)
-        ]
-        self.consensus = Consensus(keys, verifier=self.verifier)
         self.registry = client_public_keys(master_secret, n_clients, self.backend)
+        recorded: list[Transaction] = []
+        if resume:
+            recorded = _recorded_transactions(self.path)
+        # every height drew one commitment (value and nonce) from each validator's source
+        skip = 0 if not recorded else 2 * REVEAL_BYTES * (_head_height(self.path) + 1)
+        specs = [
+            ValidatorSpec(
+                index=i,
+                skip_bytes=skip,
+                signing_seed=s,
+                validator_keys=keys,
+                backend=self.backend,
+                deterministic=self.deterministic,
+                qrng=config.qrng,
+                qrng_seed=seed + i,
+                run_id=run_id,
+            )
+            for i, s in enumerate(seeds)
+        ]
+        self.host = host
+        if host is None:
+            tamper = tamper or {}
+            self.validators: list[Any] = [
+                build_validator(
+                    spec, self.registry, verifier=self.verifier, tamper=tamper.get(spec.index)
+                )
+                for spec in specs
+            ]
+            self.consensus = Consensus(keys, verifier=self.verifier)
+        else:
+            self.validators = host.start(specs, self.registry, tamper)
+            self.consensus = Consensus(
+                keys, verifier=self.verifier, resolve=host.resolve, share=host.share
+            )
         self.contract = Contract(
             run_id,
             self.registry,
             num_params=num_params,
             norm_bound=config.norm_bound,
             verifier=self.verifier,
+            burned=burned_nonces(recorded),
         )
-        self._check = update_signature_check(self.verifier, self.registry, run_id)
+        self.last_decision: Decision | None = None  # how the newest block was certified
+        self._pending: list[Transaction] = []
         genesis = Genesis(
             run_id=run_id,
             config_hash=digest(config_bytes),
@@ -198,8 +385,28 @@ class LedgerKeeper:
             validators=tuple(keys.items()),
             clients=tuple(self.registry.items()),
         )
-        self._commit([genesis], round_=0)
-        self._pending: list[Transaction] = []
+        self.reopened: RoundPlan | None = None  # resume: the round the ledger left open
+        try:
+            self.store = LedgerStore(self.path)
+            if resume:
+                if recorded[0] != genesis:
+                    raise LedgerIntegrityError(
+                        f"{self.path}: its genesis is not this run's (run, config or keys differ)"
+                    )
+                self.reopened = self._reopen(recorded)
+            else:
+                self._commit([genesis], round_=0)
+        except BaseException:
+            self.close()
+            raise
+
+    def _reopen(self, recorded: Sequence[Transaction]) -> RoundPlan | None:
+        """Open again in the contract the last round the ledger opened and did not close."""
+        opened = [tx for tx in recorded if isinstance(tx, RoundOpen)]
+        closed = {tx.round for tx in recorded if isinstance(tx, RoundClose)}
+        if not opened or opened[-1].round in closed:
+            return None
+        return self._opened(opened[-1], self.store.head()[0])
 
     @property
     def head(self) -> tuple[int, bytes]:
@@ -212,17 +419,28 @@ class LedgerKeeper:
     ) -> tuple[int, object]:
         head = self.store.head()
         height, prev = (0, ZERO_HASH) if head is None else (head[0] + 1, head[1])
-        decision = self.consensus.run_height(
-            height,
-            prev,
-            transactions,
-            self.validators,
-            round=round_,
-            check_transactions=self._check,
-        )
+        try:
+            decision = self.consensus.run_height(
+                height, prev, transactions, self.validators, round=round_
+            )
+        except ConsensusError as exc:
+            n = self.consensus.n
+            raise ConsensusError(
+                f"the ledger cannot certify block {height} (round {round_}): {n} validators "
+                f"tolerate {max_faults(n)} crashed or Byzantine, and more failed: {exc}"
+            ) from exc
+        if decision.faulty or decision.failures:
+            _log.warning(
+                "ledger block %d: faulty validators %s, failed attempts %s",
+                height,
+                list(decision.faulty),
+                [(f.leader, f.reason) for f in decision.failures],
+            )
         self.store.append(decision.block)
-        for validator in self.validators:
-            validator.forget_below(height)
+        self.last_decision = decision
+        if self.host is None:  # remote validators forget them when they reveal the next
+            for validator in self.validators:
+                validator.forget_below(height)
         return height, decision
 
     def _opening_transaction(self, opening: Opening, beacon) -> RoundOpen:
@@ -262,9 +480,23 @@ class LedgerKeeper:
     ) -> tuple[list[int], list[Rejection], float]:
         """Validate the round's updates; returns accepted client ids, rejections, seconds."""
         start = time.perf_counter()
+        for update, _ in updates:
+            # A record that arrived pickled may carry any memo: forget it, so every
+            # encoding, signing payload and stored body comes from the checked fields.
+            if isinstance(update, Update):
+                forget_encoding(update)
         accepted, rejections = self.contract.admit(updates)
         self._pending = [u for u, _ in accepted] + list(rejections)
-        return [u.client_id for u, _ in accepted], rejections, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        if self.host is not None and accepted:
+            # remote validators decode and check the accepted updates now, while the round
+            # is aggregated, rather than when the closing block is proposed
+            records = tuple(u for u, _ in accepted)
+            for record in records:  # encoded once here; the encodings travel with them
+                encode_tx(record)
+            shared = self.host.share(records)
+            self.host.post([validator.precheck(shared) for validator in self.validators])
+        return [u.client_id for u, _ in accepted], rejections, seconds
 
     def close_round(
         self,
@@ -298,7 +530,11 @@ class LedgerKeeper:
         return RoundClosed(height=height, next=opened)
 
     def close(self) -> None:
-        self.store.close()
+        """Close the store and stop the validators it started (if any)."""
+        if getattr(self, "store", None) is not None:
+            self.store.close()
+        if self.host is not None:
+            self.host.stop()
 
 
 def update_nonce(master_secret: bytes, round_: int, client_id: int) -> bytes:
@@ -320,10 +556,12 @@ def sign_update(
     metrics: dict[str, float],
     backend: str,
     signer: Signer | None = None,
+    deterministic: bool = False,
 ) -> Update:
     """The client's signed Update record for `delta` (ML-DSA-65, context qfl/update/v1).
 
-    `signer` is the client's (from `client_signer`); pass a cached one to skip keygen.
+    `signer` is the client's (from `client_signer`); pass a cached one to skip keygen
+    (then it decides hedged or deterministic signing, else `deterministic` does).
     """
     unsigned = UnsignedUpdate(
         client_id=client_id,
@@ -334,10 +572,13 @@ def sign_update(
         path=path,
         metrics={k: to_micro(v) for k, v in metrics.items() if np.isfinite(v)},
     )
-    signer = signer or client_signer(master_secret, client_id, backend)
+    signer = signer or client_signer(master_secret, client_id, backend, deterministic=deterministic)
     return unsigned.signed(signer.sign(update_signing_payload(unsigned, run_id), CTX_UPDATE))
 
 
-def client_signer(master_secret: bytes, client_id: int, backend: str) -> Signer:
+def client_signer(
+    master_secret: bytes, client_id: int, backend: str, *, deterministic: bool = False
+) -> Signer:
     """Client `client_id`'s ML-DSA-65 signer, derived from the run's master secret."""
-    return signer_from_seed(derive_seed(master_secret, "client", client_id), backend=backend)
+    seed = derive_seed(master_secret, "client", client_id)
+    return signer_from_seed(seed, backend=backend, deterministic=deterministic)

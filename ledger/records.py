@@ -13,14 +13,15 @@ Signatures and public keys are opaque bytes here: checking them is `ledger.crypt
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Final, Literal
+from hashlib import sha3_256 as _sha3_256
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     Strict,
     StrictInt,
     TypeAdapter,
@@ -35,9 +36,8 @@ from ledger.encoding import (
     DOMAIN_UPDATE_SIGNING,
     HASH_BYTES,
     LedgerIntegrityError,
+    _decode_top,
     decode_value,
-    decode_with_entries,
-    digest,
     domain_digest,
     domain_digest_prefix,
     encode_value,
@@ -75,22 +75,23 @@ class _Record(BaseModel):
     """A frozen ledger record that remembers its canonical encoding once computed.
 
     Records are immutable, so `encode_tx` computes a transaction's bytes once and keeps
-    them on the object (`_encoding`), and `decode_tx` keeps the canonical bytes it was
-    given; a block's validators, its Merkle root and the store then reuse them.
-    `model_copy(update=...)` returns a record with other fields, so it drops the memo.
-    Equality compares fields only, as for any pydantic model, never the memo.
+    them on the object, and `decode_tx` keeps the canonical bytes it was given (and the
+    offsets of their entries); a block's validators, its Merkle root and the store then
+    reuse them. The memo is the dict in the object's ``__pydantic_private__`` slot, made
+    on first use (`_memo`), keys ``"_encoding"`` and ``"_entries"``: no pydantic private
+    attributes, whose set-up would run on every validation, once per subclass level.
+    It travels with a pickled record. `model_copy(update=...)` returns a record with
+    other fields, so it drops the memo. Equality compares fields only, never the memo.
     """
 
     model_config = ConfigDict(
         frozen=True, extra="forbid", ser_json_bytes="hex", val_json_bytes="hex"
     )
-    _encoding: bytes | None = PrivateAttr(default=None)
-    _entries: tuple[int, ...] | None = PrivateAttr(default=None)  # dict entry offsets in it
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False):
         copy = super().model_copy(update=update, deep=deep)
         if update:
-            copy._encoding = copy._entries = None
+            object.__setattr__(copy, "__pydantic_private__", None)
         return copy
 
     def __eq__(self, other: object) -> bool:
@@ -100,6 +101,25 @@ class _Record(BaseModel):
 
     def __hash__(self) -> int:
         return hash((type(self), *self.__dict__.values()))
+
+
+_set_slot: Final = object.__setattr__  # sets a frozen model's slot (its memo, its fields)
+
+
+def _memo(record: BaseModel) -> dict[str, Any]:
+    """The record's memo dict (see `_Record`), made on first use."""
+    memo = record.__pydantic_private__
+    if memo is None:
+        memo = {}
+        _set_slot(record, "__pydantic_private__", memo)
+    return memo
+
+
+def forget_encoding(record: BaseModel) -> None:
+    """Drop the record's memo (see `_Record`): for a record received from elsewhere (e.g.
+    unpickled), whose memo nothing vouches for; its bytes are then derived from its fields.
+    """
+    _set_slot(record, "__pydantic_private__", None)
 
 
 def _strictly_increasing(values: Sequence[int], what: str) -> None:
@@ -271,10 +291,12 @@ def encode_tx(tx: Transaction) -> bytes:
     """The canonical bytes of a transaction (the Merkle leaf and the store's body)."""
     if not isinstance(tx, TX_TYPES):
         raise TypeError(f"not a ledger transaction: {type(tx).__name__}")
-    encoded = tx._encoding
-    if encoded is None:
-        encoded = encode_value(tx)
-        tx._encoding = encoded
+    memo = tx.__pydantic_private__
+    if memo is not None:
+        encoded = memo.get("_encoding")
+        if encoded is not None:
+            return encoded
+    encoded = _memo(tx)["_encoding"] = encode_value(tx)
     return encoded
 
 
@@ -285,32 +307,114 @@ def decode_tx(data: bytes) -> Transaction:
 
 def _decode_tx(data: bytes) -> tuple[Transaction, list[int]]:
     """`decode_tx`, and the offsets of the encoding's entries (`decode_with_entries`)."""
-    value, entries = decode_with_entries(data)
+    if type(data) is not bytes:
+        data = bytes(data)
+    value, entries = _decode_top(data, True)  # decode_with_entries(data), without a call
     if entries is None:
         raise LedgerIntegrityError("a transaction encodes a dict of fields")
-    # The discriminated union validates with the model that "kind" names: call that model's
-    # validator directly; for anything else, and for every failure, the union decides (and
-    # words the error).
     kind = value.get("kind")
-    validator = _KIND_VALIDATORS.get(kind) if type(kind) is str else None
-    tx = None
-    if validator is not None:
-        try:
-            tx = validator.validate_python(value)
-        except ValidationError:
-            tx = None
+    # the bulk of a ledger: a plainly valid update is built as validation would build it
+    tx = _update_from_value(value) if kind == "update" else None
     if tx is None:
-        try:
-            tx = _TX_ADAPTER.validate_python(value)
-        except ValidationError as exc:
-            raise LedgerIntegrityError(f"not a valid transaction: {_first_error(exc)}") from exc
-    # encode_tx(tx) == data, checked without encoding: data is the canonical encoding of
-    # `value`, so it is tx's exactly when tx's fields encode as `value` does
-    if not same_encoding(_field_values(tx), value):
-        raise LedgerIntegrityError("transaction bytes are not its canonical encoding")
-    tx._encoding = bytes(data)
-    tx._entries = tuple(entries)
+        # The discriminated union validates with the model that "kind" names: call that
+        # model's validator directly; for anything else, and for every failure, the union
+        # decides (and words the error).
+        validator = _KIND_VALIDATORS.get(kind) if type(kind) is str else None
+        if validator is not None:
+            try:
+                tx = validator.validate_python(value)
+            except ValidationError:
+                tx = None
+        if tx is None:
+            try:
+                tx = _TX_ADAPTER.validate_python(value)
+            except ValidationError as exc:
+                raise LedgerIntegrityError(f"not a valid transaction: {_first_error(exc)}") from exc
+        # encode_tx(tx) == data, checked without encoding: data is the canonical encoding
+        # of `value`, so it is tx's exactly when tx's fields encode as `value` does
+        if not same_encoding(_field_values(tx), value):
+            raise LedgerIntegrityError("transaction bytes are not its canonical encoding")
+    _set_slot(tx, "__pydantic_private__", {"_encoding": data, "_entries": tuple(entries)})
     return tx, entries
+
+
+_UPDATE_ORDER: Final = tuple(Update.model_fields)  # a validated Update's __dict__ order
+_UPDATE_KEYS: Final = frozenset(_UPDATE_ORDER)
+_UPDATE_PATHS: Final = frozenset(get_args(UpdatePath))
+_update_values: Final = operator.itemgetter(*_UPDATE_ORDER)
+if _UPDATE_ORDER != (  # the order _update_from_value unpacks (and validation builds)
+    "client_id",
+    "round",
+    "nonce",
+    "delta_digest",
+    "num_examples",
+    "path",
+    "metrics",
+    "kind",
+    "signature",
+):  # pragma: no cover - a changed Update must update _update_from_value too
+    raise RuntimeError(f"Update's fields changed: {_UPDATE_ORDER}; update _update_from_value")
+
+
+def _update_from_value(value: dict[Any, Any]) -> Update | None:
+    """The `Update` that pydantic's validation of decoded `value` gives, built directly.
+
+    None unless `value` plainly meets every constraint of `Update` (then the caller
+    validates it with pydantic, which decides and words any error): exactly its fields,
+    ``kind`` "update", ``client_id``, ``round`` and ``num_examples`` ints >= 0, ``nonce``
+    16 bytes, ``delta_digest`` 32 bytes, ``signature`` bytes, ``path`` one of `UpdatePath`,
+    ``metrics`` a dict of non-empty str to int (sorted, as `_UpdateFields._sorted` sorts
+    it). Types are exact (``type(x) is int`` refuses bool), as strict validation of decoded
+    values requires. Nothing is converted, so the record's fields encode exactly as `value`
+    does (what `_decode_tx` otherwise checks with `same_encoding`). The result equals the
+    validated record in every attribute, ``__dict__`` order included (tests check it).
+    """
+    if len(value) != len(_UPDATE_ORDER):
+        return None
+    try:  # all nine fields present (and, with the length, no other)
+        client_id, round_, nonce, delta, examples, path, metrics, kind, signature = _update_values(
+            value
+        )
+    except KeyError:
+        return None
+    if (
+        kind != "update"
+        or type(client_id) is not int
+        or client_id < 0
+        or type(round_) is not int
+        or round_ < 0
+        or type(examples) is not int
+        or examples < 0
+        or type(nonce) is not bytes
+        or len(nonce) != NONCE_BYTES
+        or type(delta) is not bytes
+        or len(delta) != HASH_BYTES
+        or type(signature) is not bytes
+        or type(path) is not str
+        or path not in _UPDATE_PATHS
+        or type(metrics) is not dict
+    ):
+        return None
+    for key, metric in metrics.items():
+        if type(key) is not str or not key or type(metric) is not int:
+            return None
+    tx = object.__new__(Update)
+    fields = {
+        "client_id": client_id,
+        "round": round_,
+        "nonce": nonce,
+        "delta_digest": delta,
+        "num_examples": examples,
+        "path": path,
+        "metrics": dict(sorted(metrics.items())),  # as _UpdateFields._sorted
+        "kind": kind,
+        "signature": signature,
+    }
+    _set_slot(tx, "__dict__", fields)
+    _set_slot(tx, "__pydantic_fields_set__", set(_UPDATE_ORDER))
+    _set_slot(tx, "__pydantic_extra__", None)
+    _set_slot(tx, "__pydantic_private__", None)
+    return tx
 
 
 def tx_hash(tx: Transaction) -> bytes:
@@ -331,9 +435,10 @@ def update_signing_payload(update: UnsignedUpdate | Update, run_id: str) -> byte
     """
     if not isinstance(run_id, str) or not run_id:
         raise ValueError("run_id must be a non-empty string")
-    if type(update) is Update and update._entries is not None and update._encoding is not None:
+    memo = update.__pydantic_private__
+    if type(update) is Update and memo is not None and memo.get("_entries") is not None:
         # decoded from its canonical bytes: slice the signed fields out of them
-        return _update_signing_payload_from_encoding(update._encoding, update._entries, run_id)
+        return _update_signing_payload_from_encoding(memo["_encoding"], memo["_entries"], run_id)
     values = update.__dict__
     if type(update) in _PLAIN_UPDATES and all(name in values for name in _UPDATE_SIGNED_FIELDS):
         fields = {name: values[name] for name in _UPDATE_SIGNED_FIELDS}
@@ -404,10 +509,13 @@ def _update_signing_payload_from_encoding(
     """
     if len(entries) != _UPDATE_ENTRIES + 1:  # pragma: no cover - callers pass an Update
         raise LedgerIntegrityError("not the canonical encoding of an update")
-    parts = [_signing_prefix(run_id)]
-    for a, b in _SIGNED_RUNS:
-        parts.append(data[entries[a] : entries[b]])
-    return digest(b"".join(parts))
+    prefix = _signing_prefixes.get(run_id) or _signing_prefix(run_id)
+    if len(_SIGNED_RUNS) == 2:  # an Update's signed entries form two runs (kind, signature)
+        (a, b), (c, d) = _SIGNED_RUNS
+        signed = data[entries[a] : entries[b]] + data[entries[c] : entries[d]]
+    else:  # pragma: no cover - another field layout
+        signed = b"".join(data[entries[a] : entries[b]] for a, b in _SIGNED_RUNS)
+    return _sha3_256(prefix + signed).digest()
 
 
 def _first_error(exc: ValidationError) -> str:

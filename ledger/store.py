@@ -15,10 +15,19 @@ so a crash leaves either the whole block or none of it. Triggers abort any UPDAT
 DELETE, and any transaction row not for the newest block; there is no API to change a
 block. Tampering by someone who drops the triggers is caught by `verify_chain`, which
 re-derives every hash from the stored bytes.
+
+The schema is fixed, so opening a store checks the file's whole schema (every table,
+index and trigger in ``sqlite_master``, with its SQL) against the one this module
+creates, and ``meta`` against its one row: a dropped or altered append-only trigger, an
+added table, index, trigger or view, and an extra ``meta`` row each make the file "not a
+ledger" (`LedgerIntegrityError`). None of them changes a recorded hash, but the file is
+then not one this code wrote: a dropped trigger is the trace of a rewrite, and an extra
+table or row is content outside the hash chain that a reader could mistake for part of it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +67,8 @@ __all__ = [
 ]
 
 FORMAT: Final = "qfl-ledger/1"
+_READ_MMAP_BYTES: Final = 1 << 30  # read-only connections map up to this much of the file
+_BLOCK_COLUMNS: Final = "height, hash, prev_hash, merkle_root, proposer, round, header, certificate"
 _TABLES: Final = {
     "meta": ("key", "value"),
     "blocks": (
@@ -101,6 +112,18 @@ _SCHEMA: Final = (
         WHEN NEW.height IS NOT (SELECT MAX(height) FROM blocks)
         BEGIN SELECT RAISE(ABORT, 'transactions are written with their block'); END""",
 )
+
+
+@functools.cache
+def _expected_schema() -> frozenset[tuple[str, str, str, str | None]]:
+    """(type, name, tbl_name, sql) of every object in a fresh store's ``sqlite_master``."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        return frozenset(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+    finally:
+        conn.close()
 
 
 class LedgerReadOnlyError(QflError, PermissionError):
@@ -178,9 +201,21 @@ class LedgerStore:
             found = tuple(row[1] for row in self._conn.execute(f"PRAGMA table_info({table})"))
             if found != columns:
                 raise LedgerIntegrityError(f"{self.path} lacks the ledger schema ({table})")
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        if row is None or row[0] != FORMAT:
+        rows = self._conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+        if ("format", FORMAT) not in rows:
             raise LedgerIntegrityError(f"{self.path} is not in format {FORMAT}")
+        if len(rows) != 1:
+            extra = sorted(str(key) for key, _ in rows if key != "format")
+            raise LedgerIntegrityError(f"{self.path}: unexpected meta rows {extra}")
+        objects = set(self._conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+        expected = _expected_schema()
+        if objects != expected:
+            missing = sorted(f"{kind} {name}" for kind, name, _, _ in expected - objects)
+            unexpected = sorted(f"{kind} {name}" for kind, name, _, _ in objects - expected)
+            raise LedgerIntegrityError(
+                f"{self.path} does not have the ledger schema {FORMAT}: "
+                f"missing or altered {missing}, unexpected or altered {unexpected}"
+            )
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -267,9 +302,7 @@ class LedgerStore:
     def stored(self, height: int) -> StoredBlock:
         """The raw columns of block `height` (unchecked; see `verify_chain`)."""
         row = self._conn.execute(
-            "SELECT height, hash, prev_hash, merkle_root, proposer, round, header, certificate"
-            " FROM blocks WHERE height = ?",
-            (height,),
+            f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE height = ?", (height,)
         ).fetchone()
         if row is None:
             raise BlockNotFoundError(f"no block at height {height}")
@@ -355,21 +388,49 @@ def _verify_chain_encoded(
     parts of them.
     """
     with _integrity("cannot read the ledger"), store.snapshot():
-        heights = store.heights()
-        if not heights:
-            raise LedgerIntegrityError(f"{store.path} holds no blocks")
+        # Two ordered scans, walked side by side, rather than two queries per block: every
+        # block row by height, and every transaction row by (height, idx).
+        blocks = store._conn.execute(f"SELECT {_BLOCK_COLUMNS} FROM blocks ORDER BY height")
+        rows = store._conn.execute(
+            "SELECT height, idx, kind, body FROM transactions ORDER BY height, idx"
+        )
+        tx = next(rows, None)
+        orphan: object = None  # the lowest height of transaction rows without a block
+        head: int | None = None
         prev = ZERO_HASH
-        for expected, height in enumerate(heights):
+        for expected, columns in enumerate(blocks):
+            height = columns[0]
             if height != expected:
                 raise LedgerIntegrityError("block missing", height=expected)
-            stored = store.stored(height)
+            while tx is not None and _sorts_before(tx[0], height):  # no block at its height
+                orphan = tx[0] if orphan is None else orphan
+                tx = next(rows, None)
+            own = []
+            while tx is not None and isinstance(tx[0], int | float) and tx[0] == height:
+                own.append(tx[1:])
+                tx = next(rows, None)
+            stored = StoredBlock(*columns, transactions=own)
             block, encoded = _verify_stored_encoded(stored, prev)
             prev = stored.hash  # checked equal to block_hash(block.header)
+            head = height
             _run_check(check_block, block, stored.hash, encoded)
-        orphans = store.orphan_transaction_heights()
-        if orphans:
-            raise LedgerIntegrityError("transactions without a block", height=orphans[0])
-        return heights[-1], prev
+        if head is None:
+            raise LedgerIntegrityError(f"{store.path} holds no blocks")
+        if orphan is None and tx is not None:  # rows beyond the head (or not numbers)
+            orphan = tx[0]
+        if orphan is not None:
+            raise LedgerIntegrityError("transactions without a block", height=orphan)
+        return head, prev
+
+
+def _sorts_before(value: object, height: int) -> bool:
+    """Whether SQLite orders column value `value` before integer `height` (NULL first, then
+    numbers by value, then text and blobs)."""
+    if value is None:
+        return True
+    if isinstance(value, int | float):
+        return value < height
+    return False
 
 
 def _verify_stored(stored: StoredBlock, prev: bytes | None) -> Block:
@@ -490,7 +551,10 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     else:
         target, uri = str(path), False
     try:
-        return sqlite3.connect(target, uri=uri, isolation_level=None, timeout=30.0)
+        conn = sqlite3.connect(target, uri=uri, isolation_level=None, timeout=30.0)
+        if readonly:  # verification reads every page: map the file rather than copy it in
+            conn.execute(f"PRAGMA mmap_size = {_READ_MMAP_BYTES}")
+        return conn
     except sqlite3.Error as exc:
         raise LedgerIntegrityError(f"cannot open ledger database {path}: {exc}") from exc
 

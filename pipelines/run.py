@@ -250,12 +250,12 @@ class Federation:
         self._snapshot: MonitorSnapshot | None = None  # the monitor's view of the next round
         self._plan: SchedulePlan | None = None  # the current round's plan
         self.keeper, signing = None, None
+        self._next_plan: RoundPlan | None = None  # the round the last closing block opened
         if config.ledger.enabled and ledger_path is not None:
-            self.keeper, signing = self._start_ledger(run_id, ledger_path)
+            self.keeper, signing = self._start_ledger(run_id, ledger_path, resume is not None)
         self.crypto_backend = None if signing is None else signing.backend
         self._closing: ray.ObjectRef | None = None  # the previous round's closing block
         self._open_height = -1
-        self._next_plan: RoundPlan | None = None  # the round the last closing block opened
         quantum = config.quantum
         if self.orchestrator is not None and quantum is not None:
             quantum = exact_quantum(quantum)  # the classical path simulates the layer exactly
@@ -379,8 +379,9 @@ class Federation:
         self._snapshot = self._get(self.monitor.observe_and_snapshot.remote(*states))
         return self._snapshot
 
-    def _start_ledger(self, run_id: str, path: Path):
-        """Write genesis (keys from the run seed) and return the keeper and the signing spec."""
+    def _start_ledger(self, run_id: str, path: Path, resume: bool = False):
+        """Write genesis (keys from the run seed), or reopen a resumed run's ledger; return
+        the keeper and the signing spec."""
         master = self.master_secret
         keeper = LedgerKeeperActor.remote(
             path,
@@ -391,9 +392,16 @@ class Federation:
             config_bytes=dump_config(self.config).encode(),
             config=self.config.ledger,
             seed=self.config.seed,
+            resume=resume,
         )
         backend = self._get(keeper.backend.remote())
-        return keeper, SigningSpec(run_id=run_id, master_secret=master, backend=backend)
+        if resume:
+            self._next_plan = self._get(keeper.reopened.remote())
+        deterministic = self.config.ledger.deterministic
+        spec = SigningSpec(
+            run_id=run_id, master_secret=master, backend=backend, deterministic=deterministic
+        )
+        return keeper, spec
 
     def sample(self, t: int) -> list[int]:
         """Round t's clients: from the ledger's beacon when there is a ledger, else the seed.

@@ -58,10 +58,15 @@ def _copy(summary, tmp, name):
 
 
 def _rewrite(path, sql, params=()):
+    """Drop the append-only triggers, change the file, put the triggers back."""
     with sqlite3.connect(path) as db:
-        for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'"):
-            db.execute(f"DROP TRIGGER {trigger}")
+        triggers = db.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger'")
+        triggers = triggers.fetchall()
+        for name, _ in triggers:
+            db.execute(f"DROP TRIGGER {name}")
         db.execute(sql, params)
+        for _, trigger_sql in triggers:
+            db.execute(trigger_sql)
 
 
 def test_a_flipped_signature_byte_is_found_and_named(finished_run, capsys):

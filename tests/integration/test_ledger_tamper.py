@@ -125,16 +125,21 @@ def _all_rows(path: Path, table: str) -> list[tuple]:
         db.close()
 
 
-def _tamper(path: Path, *statements: tuple[str, tuple]) -> None:
-    """Drop the append-only triggers, then run `statements` in one transaction."""
+def _tamper(path: Path, *statements: tuple[str, tuple], restore: bool = True) -> None:
+    """Drop the append-only triggers, run `statements` and put the triggers back, in one
+    transaction (an attacker covering the tracks: a missing trigger alone is found)."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        triggers = db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall()
+        triggers = db.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger'")
+        triggers = triggers.fetchall()
         db.execute("BEGIN IMMEDIATE")
-        for (trigger,) in triggers:
-            db.execute(f"DROP TRIGGER {trigger}")
+        for name, _ in triggers:
+            db.execute(f"DROP TRIGGER {name}")
         for sql, params in statements:
             db.execute(sql, params)
+        if restore:
+            for _, trigger_sql in triggers:
+                db.execute(trigger_sql)
         db.execute("COMMIT")
     finally:
         db.close()
@@ -181,9 +186,13 @@ def test_a_tampering_still_in_the_wal_is_not_ignored(copy):
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA wal_autocheckpoint=0")
-        for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'"):
-            db.execute(f"DROP TRIGGER {trigger}")
+        triggers = db.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger'")
+        triggers = triggers.fetchall()
+        for name, _ in triggers:
+            db.execute(f"DROP TRIGGER {name}")
         db.execute("UPDATE blocks SET round = round + 1 WHERE height = 3")
+        for _, trigger_sql in triggers:
+            db.execute(trigger_sql)
         assert path.with_name("ledger.db-wal").stat().st_size > 0  # not checkpointed
         assert _expect_invalid(path).height == 3
     finally:
@@ -353,6 +362,74 @@ def test_swapping_two_blocks_is_detected(copy, a, b, columns, with_txs):
     _swap_blocks(path, a, b, columns, with_txs)
     error = _expect_invalid(path)
     assert isinstance(error, LedgerIntegrityError) and error.height == min(a, b), error
+
+
+# --------------------------------------------------------------------------- 3b. schema
+
+TRIGGERS = (
+    "blocks_no_delete",
+    "blocks_no_update",
+    "meta_no_delete",
+    "meta_no_update",
+    "transactions_newest_block",
+    "transactions_no_delete",
+    "transactions_no_update",
+)
+
+
+@pytest.mark.parametrize(
+    ("statements", "named"),
+    [
+        *(
+            pytest.param([(f"DROP TRIGGER {t}", ())], f"trigger {t}", id=f"drop-{t}")
+            for t in TRIGGERS
+        ),
+        pytest.param(
+            [("INSERT INTO meta VALUES ('note', 'block 3 is void')", ())],
+            "meta rows ['note']",
+            id="extra-meta-row",
+        ),
+        pytest.param(
+            [("CREATE TABLE notes (height INTEGER, text TEXT)", ())],
+            "table notes",
+            id="extra-table",
+        ),
+        pytest.param(
+            [("CREATE INDEX blocks_by_round ON blocks(round)", ())],
+            "index blocks_by_round",
+            id="extra-index",
+        ),
+        pytest.param(
+            [("CREATE VIEW heads AS SELECT height, hash FROM blocks", ())],
+            "view heads",
+            id="extra-view",
+        ),
+    ],
+)
+def test_a_changed_schema_or_meta_is_detected(copy, capsys, statements, named):
+    """The store's schema is fixed: a dropped append-only trigger (the trace of a rewrite),
+    an added table, index or view, or an extra meta row makes the file no ledger."""
+    path = copy()
+    db = sqlite3.connect(path)
+    try:
+        for sql, params in statements:
+            db.execute(sql, params)
+        db.commit()
+    finally:
+        db.close()
+    error = _expect_invalid(path)
+    assert isinstance(error, LedgerIntegrityError), error
+    assert named in str(error)
+    assert main(["ledger", "verify", str(path)]) == 1
+    assert "INVALID" in capsys.readouterr().err
+
+
+def test_every_trigger_dropped_is_detected(copy):
+    path = copy()
+    _tamper(path, ("UPDATE blocks SET round = round WHERE height = 1", ()), restore=False)
+    error = _expect_invalid(path)
+    assert isinstance(error, LedgerIntegrityError)
+    assert all(f"trigger {t}" in str(error) for t in TRIGGERS), error
 
 
 # --------------------------------------------------------------------------- 4. bytes

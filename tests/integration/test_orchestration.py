@@ -162,15 +162,9 @@ def _fallback_reasons(summary):
         (["resources[0].noise.p2=0.3", "scheduler.max_p2=0.1"], "above scheduler.max_p2"),
         # every quantum job takes longer than the allowed time
         (["scheduler.quantum_timeout_s=0.001"], "timeout"),
-        # hybrid verification: a very noisy device's updates disagree with exact simulation
-        (
-            [
-                "resources[0].noise.p2=0.9",
-                "resources[0].noise.readout=0.45",
-                "crosscheck={min_cosine: 0.5, max_loss_increase: 0.0}",
-            ],
-            "cross-check",
-        ),
+        # hybrid verification: a check no multi-step, shot-noisy update can pass (cosine
+        # 0.9999 with the exact one-step gradient) flags every quantum update as suspect
+        (["crosscheck={min_cosine: 0.9999}"], "cross-check"),
     ],
     ids=["job-failure", "error-rate", "timeout", "cross-check"],
 )

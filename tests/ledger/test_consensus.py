@@ -636,3 +636,268 @@ def test_driver_refuses_misplaced_validators(consensus, validators) -> None:
         consensus.run_height(1, PREV, [], validators[:3])
     with pytest.raises(ConsensusError, match="holds validator"):
         consensus.run_height(1, PREV, [], list(reversed(validators)))
+
+
+# --------------------------------------------------------------------------- remote validators
+#
+# The driver over validators reached through pending calls (as Ray actors are): each call
+# returns a `Pending`, `resolve` runs a phase's pending calls together, `share` wraps a
+# value the calls then receive by handle. The log records when calls are issued and run.
+
+
+class Shared:
+    def __init__(self, value):
+        self.value = value
+
+
+def unshare(value):
+    return value.value if isinstance(value, Shared) else value
+
+
+class Pending:
+    def __init__(self, name: str, index: int, run):
+        self.name, self.index, self.run = name, index, run
+
+
+class Remote:
+    """A `Validator` behind pending calls; answers `propose` with the header alone when its
+    block holds exactly the transactions it was given (as actors/validator.py does)."""
+
+    def __init__(self, validator: Validator, log: list):
+        self.validator, self.index, self.log = validator, validator.index, log
+
+    def _pending(self, name, run):
+        self.log.append(("issue", name, self.index))
+        return Pending(name, self.index, run)
+
+    def commit(self, height):
+        return self._pending("commit", lambda: self.validator.commit(height))
+
+    def reveal(self, height):
+        return self._pending("reveal", lambda: self.validator.reveal(height))
+
+    def reveal_and_commit(self, height):
+        return self._pending("reveal", lambda: self.validator.reveal_and_commit(height))
+
+    def propose(self, *, transactions, **kwargs):
+        given = unshare(transactions)
+
+        def run():
+            block = self.validator.propose(transactions=given, **kwargs)
+            same = len(block.transactions) == len(given) and all(
+                a is b for a, b in zip(block.transactions, given, strict=True)
+            )
+            return block.header if same else block
+
+        return self._pending("propose", run)
+
+    def endorse(self, block, *, transactions, expected, check_transactions, **kwargs):
+        assert check_transactions is None  # remote validators use their own
+        return self._pending(
+            "endorse",
+            lambda: self.validator.endorse(
+                unshare(block),
+                transactions=unshare(transactions),
+                expected=unshare(expected),
+                **kwargs,
+            ),
+        )
+
+
+class Hooks:
+    """`resolve` and `share` for `Consensus`; `fail[(name, index)]` replaces a call's result
+    by an exception (a crash or a timeout, as the actor layer reports them)."""
+
+    def __init__(self, log: list, fail: dict | None = None):
+        self.log, self.fail, self.shared = log, fail or {}, []
+
+    def resolve(self, pending):
+        out = []
+        for p in pending:
+            self.log.append(("run", p.name, p.index))
+            if (p.name, p.index) in self.fail:
+                out.append(self.fail[(p.name, p.index)])
+                continue
+            try:
+                out.append(p.run())
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def share(self, value):
+        self.shared.append(value)
+        return Shared(value)
+
+
+def remote_setup(signers, verifier, client, *, fail=None, tamper=None, seed=0):
+    keys = keys_of(signers)
+    check = update_signature_check(verifier, {0: client.public_key}, RUN_ID)
+    log: list = []
+    hooks = Hooks(log, fail)
+    validators = [
+        Validator(
+            i,
+            s,
+            keys,
+            np.random.default_rng([seed, i]).bytes,
+            verifier=Verifier(verifier.backend_name),  # each its own, as in an actor
+            check_transactions=check,
+            tamper=(tamper or {}).get(i),
+        )
+        for i, s in sorted(signers.items())
+    ]
+    consensus = Consensus(keys, verifier=verifier, resolve=hooks.resolve, share=hooks.share)
+    return consensus, [Remote(v, log) for v in validators], hooks, log
+
+
+def test_remote_phases_are_issued_to_all_then_resolved_and_every_vote_counts(
+    validator_signers, verifier, client
+) -> None:
+    consensus, remotes, hooks, log = remote_setup(validator_signers, verifier, client)
+    txs = transactions(client)
+    decision = consensus.run_height(1, PREV, txs, remotes, round=1)
+    block = decision.block
+    assert [i for i, _ in block.certificate] == [0, 1, 2, 3]  # no early stop: all four
+    check_certificate(block.hash, block.certificate, consensus.keys, verifier=verifier)
+    assert (decision.attempt, decision.faulty, decision.failures) == (0, (), ())
+    assert block.transactions == tuple(txs)
+    assert all(a is b for a, b in zip(block.transactions, txs, strict=True))  # the driver's own
+    for phase in ("commit", "reveal", "endorse"):
+        events = [(kind, i) for kind, name, i in log if name == phase]
+        assert events == [("issue", i) for i in range(4)] + [("run", i) for i in range(4)]
+    # the transactions were published once; the honest leader's header came back alone
+    assert [type(v) for v in hooks.shared] == [tuple]
+    assert hooks.shared[0] == tuple(txs)
+
+
+def test_remote_crash_and_timeout_count_as_crashed(validator_signers, verifier, client) -> None:
+    leader = predicted_leader(validator_signers, verifier, 0)
+    other = (leader + 1) % 4
+    fail = {("endorse", other): RuntimeError("actor died")}
+    consensus, remotes, _, _ = remote_setup(validator_signers, verifier, client, fail=fail)
+    decision = consensus.run_height(1, PREV, transactions(client), remotes, round=1)
+    assert decision.faulty == (other,)
+    assert [i for i, _ in decision.block.certificate] == sorted(set(range(4)) - {other})
+    timeout = {("commit", other): TimeoutError("no answer within 0.1 s")}
+    consensus, remotes, _, _ = remote_setup(validator_signers, verifier, client, fail=timeout)
+    decision = consensus.run_height(1, PREV, transactions(client), remotes, round=1)
+    assert decision.faulty == (other,) and decision.beacon.excluded == (other,)
+    assert other not in dict(decision.block.certificate)
+
+
+def test_remote_two_crashed_of_four_stop_consensus(validator_signers, verifier, client) -> None:
+    fail = {("reveal", 1): RuntimeError("died"), ("reveal", 2): TimeoutError("hung")}
+    consensus, remotes, _, _ = remote_setup(validator_signers, verifier, client, fail=fail)
+    with pytest.raises(BeaconError, match=r"excluded: \[1, 2\]"):
+        consensus.run_height(1, PREV, transactions(client), remotes, round=1)
+
+
+@pytest.mark.parametrize(
+    "kind", ["bad_signature", "wrong_prev_hash", "altered_merkle_root", "wrong_proposer"]
+)
+def test_remote_byzantine_leader_is_refused_not_crashed(
+    validator_signers, verifier, client, kind
+) -> None:
+    leader = predicted_leader(validator_signers, verifier, 0)
+    tamper = {leader: lambda block: tampered_blocks(block, client)[kind]}
+    consensus, remotes, hooks, _ = remote_setup(validator_signers, verifier, client, tamper=tamper)
+    txs = transactions(client)
+    decision = consensus.run_height(1, PREV, txs, remotes, round=1)
+    assert (decision.attempt, decision.leader) == (1, (leader + 1) % 4)
+    assert decision.faulty == ()  # refusals (InvalidProposal), not crashes
+    assert "no quorum (0 of 3 votes)" in decision.failures[0].reason
+    assert decision.block.transactions == tuple(txs)
+    # a block over other transaction objects is published whole (once); one over the
+    # given ones comes back and goes out as its header
+    whole = [tuple, Block] if kind == "bad_signature" else [tuple]
+    assert [type(v) for v in hooks.shared] == whole
+
+
+def test_a_leader_that_changes_the_submitted_transactions_gets_no_vote(
+    validators, consensus, client
+) -> None:
+    """A valid block over other transactions (an update dropped) is refused as well."""
+    leader = predicted_leader_of(validators)
+    txs = transactions(client)
+
+    def drop_the_update(block: Block) -> Block:
+        h = block.header
+        return make_block(
+            height=h.height,
+            prev_hash=h.prev_hash,
+            proposer=h.proposer,
+            round=h.round,
+            transactions=block.transactions[:1],
+        )
+
+    decision = consensus.run_height(
+        1, PREV, txs, validators, round=1, tamper={leader: drop_the_update}
+    )
+    assert decision.attempt == 1 and decision.block.transactions == tuple(txs)
+    assert "submitted" in decision.failures[0].reason
+
+
+def predicted_leader_of(validators) -> int:
+    twins = make_validators(
+        {v.index: v._signer for v in validators}, validators[0].verifier, seed=0
+    )
+    return leader_for(run_beacon(twins, height=1), range(4))
+
+
+def test_prechecked_transactions_skip_the_check_and_a_bad_one_is_not_remembered(
+    validator_signers, verifier, client
+) -> None:
+    keys = keys_of(validator_signers)
+    seen: list[int] = []
+    inner = update_signature_check(verifier, {0: client.public_key}, RUN_ID)
+
+    def counting(transactions):
+        seen.append(len(transactions))
+        inner(transactions)
+
+    validators = [
+        Validator(
+            i,
+            s,
+            keys,
+            np.random.default_rng([0, i]).bytes,
+            verifier=verifier,
+            check_transactions=counting,
+        )
+        for i, s in sorted(validator_signers.items())
+    ]
+    txs = transactions(client)
+    forged = txs[1].model_copy(update={"signature": bytes(3309)})
+    for v in validators:
+        assert v.precheck([*txs, forged]) == 2  # the forgery fails and is not remembered
+    seen.clear()
+    decision = Consensus(keys, verifier=verifier).run_height(1, PREV, txs, validators, round=1)
+    assert seen == []  # every transaction of the block was prechecked
+    voters = [i for i, _ in decision.block.certificate]
+    assert all(not validators[i]._prechecked for i in voters)  # dropped once voted
+    # a block holding the forgery is still checked, and refused
+    beacon_validators = make_validators(validator_signers, verifier, seed=1)
+    v = validators[0]
+    assert v.precheck([forged]) == 0
+    seen.clear()
+    other = run_beacon([v, *beacon_validators[1:]], height=2)
+    leader = leader_for(other, range(4))
+    block = make_block(height=2, prev_hash=PREV, proposer=leader, round=1, transactions=[forged])
+    with pytest.raises(InvalidProposal, match="fails its check"):
+        v.validate_proposal(block, height=2, prev_hash=PREV)
+    assert seen == [1]
+
+
+def test_the_next_commitments_come_with_the_reveals(validator_signers, verifier, client) -> None:
+    """Height 2 needs no commit phase: every validator committed to it with its height-1
+    reveal; one that failed then is asked to commit at height 2 (and only it)."""
+    fail = {("reveal", 3): RuntimeError("lost the connection")}
+    consensus, remotes, hooks, log = remote_setup(validator_signers, verifier, client, fail=fail)
+    first = consensus.run_height(1, PREV, transactions(client), remotes, round=1)
+    assert first.faulty == (3,) and first.beacon.excluded == (3,)
+    log.clear()
+    hooks.fail.clear()
+    second = consensus.run_height(2, first.block.hash, [], remotes, round=2)
+    commits = [(kind, i) for kind, name, i in log if name == "commit"]
+    assert commits == [("issue", 3), ("run", 3)]
+    assert second.beacon.included == (0, 1, 2, 3) and second.faulty == ()

@@ -418,3 +418,58 @@ def test_verification_cache_remembers_only_valid_signatures(backend):
             signer.public_key, b"m%d" % i, signer.sign(b"m%d" % i, CTX_UPDATE), CTX_UPDATE
         )
     assert len(verifier._verified) == 2
+
+
+# --------------------------------------------------------------------------- deterministic signing
+
+# sha256 of FIPS 204's deterministic ML-DSA-65 signature (rnd = 32 zero bytes) of MESSAGE
+# under CTX_UPDATE with SEED's key, as dilithium-py computes it: pins the variant.
+DETERMINISTIC_SIGNATURE_SHA256 = "e934bc1bea0ec664992b2558ea8af5ead10c0cfac554920f2e8f873c576d9bc0"
+
+
+@requires_liboqs
+def test_liboqs_signs_fips204_deterministic(dilithium) -> None:
+    det = signer_from_seed(SEED, backend="liboqs", deterministic=True)
+    assert det.deterministic
+    first, second = det.sign(MESSAGE, CTX_UPDATE), det.sign(MESSAGE, CTX_UPDATE)
+    assert first == second
+    assert hashlib.sha256(first).hexdigest() == DETERMINISTIC_SIGNATURE_SHA256
+    _, secret_key = dilithium.key_derive(SEED)
+    assert first == dilithium.sign(secret_key, MESSAGE, ctx=CTX_UPDATE, deterministic=True)
+    assert det.sign(MESSAGE, CTX_BLOCK) != first  # the context is signed
+    hedged = signer_from_seed(SEED, backend="liboqs")
+    assert hedged.public_key == det.public_key
+    for backend in ("liboqs", "cryptography"):
+        verify(det.public_key, MESSAGE, first, CTX_UPDATE, backend=backend)
+        with pytest.raises(SignatureError):
+            verify(det.public_key, MESSAGE, flip(first, 100), CTX_UPDATE, backend=backend)
+    assert dilithium.verify(det.public_key, MESSAGE, first, ctx=CTX_UPDATE)
+
+
+@requires_liboqs
+def test_deterministic_signing_leaves_hedged_signing_and_keygen_alone() -> None:
+    det = signer_from_seed(SEED, backend="liboqs", deterministic=True)
+    det.sign(MESSAGE, CTX_UPDATE)
+    hedged = signer_from_seed(SEED, backend="liboqs")  # keygen after deterministic signing
+    assert hedged.sign(MESSAGE, CTX_UPDATE) != hedged.sign(MESSAGE, CTX_UPDATE)
+    assert det.sign(MESSAGE, CTX_UPDATE) == det.sign(MESSAGE, CTX_UPDATE)
+    # from several threads at once: each deterministic signature is the same
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        signatures = set(pool.map(lambda _: det.sign(MESSAGE, CTX_UPDATE), range(16)))
+    assert len(signatures) == 1
+
+
+def test_cryptography_refuses_deterministic_signing() -> None:
+    with pytest.raises(BackendUnavailable, match="deterministic"):
+        signer_from_seed(SEED, backend="cryptography", deterministic=True)
+    assert not signer_from_seed(SEED, backend="cryptography").deterministic
+
+
+def test_verifier_takes_bytes_like_arguments(signer: Signer, backend: str) -> None:
+    signature = signer.sign(MESSAGE, CTX_UPDATE)
+    verifier = Verifier(backend)
+    verifier.verify(
+        bytearray(signer.public_key), memoryview(MESSAGE), bytearray(signature), CTX_UPDATE
+    )
+    with pytest.raises(SignatureError):
+        verifier.verify(signer.public_key, memoryview(MESSAGE[:-1]), signature, CTX_UPDATE)

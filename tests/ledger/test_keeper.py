@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 
 from federated.sampling import sample_clients
-from ledger.crypto import liboqs_library
-from ledger.keeper import LedgerConfig, LedgerKeeper, sign_update, update_nonce
+from ledger.consensus import Beacon, ConsensusError, leader_for
+from ledger.crypto import BackendUnavailable, liboqs_library
+from ledger.keeper import (
+    LedgerConfig,
+    LedgerKeeper,
+    Opening,
+    build_validator,
+    sign_update,
+    update_nonce,
+)
 from ledger.keys import master_secret_from_run_seed
-from ledger.records import Rejection, RoundClose, RoundOpen, Update
+from ledger.records import Rejection, RoundClose, RoundOpen, Update, make_block
 from ledger.store import open_readonly
 from ledger.verify import verify_ledger
 
@@ -95,3 +103,264 @@ def test_sampling_comes_from_the_beacon_and_is_reproducible(tmp_path):
     assert first == again
     assert first != other
     assert len(set(first)) > 1  # rounds differ
+
+
+# --------------------------------------------------------------------------- validator hosts
+
+
+class _Call:
+    def __init__(self, index, run):
+        self.index, self.run = index, run
+
+
+class _Handle:
+    """A validator behind pending calls (what a `ValidatorHost` hands the keeper)."""
+
+    def __init__(self, validator):
+        self.validator, self.index = validator, validator.index
+
+    def commit(self, height):
+        return _Call(self.index, lambda: self.validator.commit(height))
+
+    def reveal(self, height):
+        return _Call(self.index, lambda: self.validator.reveal(height))
+
+    def reveal_and_commit(self, height):
+        return _Call(self.index, lambda: self.validator.reveal_and_commit(height))
+
+    def propose(self, **kwargs):
+        return _Call(self.index, lambda: self.validator.propose(**kwargs))
+
+    def endorse(self, block, *, check_transactions=None, **kwargs):
+        return _Call(self.index, lambda: self.validator.endorse(block, **kwargs))
+
+    def precheck(self, transactions):
+        return _Call(self.index, lambda: self.validator.precheck(transactions))
+
+
+class InlineHost:
+    """A `ValidatorHost` in this process: validators built as the actors build them (own
+    signer, verifier and QRNG); `down` validators answer every call with a crash."""
+
+    def __init__(self, down=()):
+        self.down, self.started, self.stopped, self.posted = set(down), [], False, []
+
+    def start(self, specs, registry, tamper=None):
+        tamper = tamper or {}
+        self.started = [build_validator(s, registry, tamper=tamper.get(s.index)) for s in specs]
+        return [_Handle(v) for v in self.started]
+
+    def resolve(self, pending):
+        out = []
+        for call in pending:
+            if call.index in self.down:
+                out.append(RuntimeError(f"validator {call.index} died"))
+                continue
+            try:
+                out.append(call.run())
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def share(self, value):
+        return value
+
+    def post(self, pending):
+        self.posted += [
+            (call.index, result)
+            for call, result in zip(pending, self.resolve(pending), strict=True)
+        ]
+
+    def stop(self):
+        self.stopped = True
+
+
+def _keeper(path, *, config, host=None, tamper=None, master=MASTER, run_id="run-1"):
+    return LedgerKeeper(
+        path,
+        run_id=run_id,
+        master_secret=master,
+        n_clients=5,
+        num_params=P,
+        config_bytes=b"config",
+        config=config,
+        seed=3,
+        host=host,
+        tamper=tamper,
+    )
+
+
+def _two_rounds(keeper, backend, *, deterministic=False) -> tuple[int, bytes]:
+    rng = np.random.default_rng(0)
+    plan = keeper.open_round(0, 5, 3, sample_clients)
+    for round_ in range(2):
+        pairs = []
+        for client in plan.sampled:
+            delta = rng.normal(size=P).astype(np.float32)
+            update = sign_update(
+                run_id=keeper.run_id,
+                master_secret=MASTER,
+                client_id=client,
+                round_=round_,
+                nonce=update_nonce(MASTER, round_, client),
+                delta=delta,
+                num_examples=10,
+                path="classical",
+                metrics={"loss": 0.5},
+                backend=backend,
+                deterministic=deterministic,
+            )
+            pairs.append((update, delta))
+        keeper.admit(pairs)
+        opening = Opening(round=round_ + 1, n_clients=5, per_round=3, sample=sample_clients)
+        closed = keeper.close_round(round_, np.zeros(P, np.float32), {"acc": 0.5}, (), opening)
+        plan = closed.next
+    head = keeper.head
+    keeper.close()
+    return head
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_validators_behind_a_host_certify_with_every_vote(tmp_path, backend):
+    config = LedgerConfig(validators=4, backend=backend, qrng="seeded")
+    host = InlineHost()
+    keeper = _keeper(tmp_path / "l.db", config=config, host=host)
+    height, head = _two_rounds(keeper, backend)
+    assert host.stopped and len(host.started) == 4
+    assert all(v.verifier is not keeper.verifier for v in host.started)  # their own
+    # each round's 3 accepted updates were prechecked by all four, as they were admitted
+    assert sorted(host.posted) == sorted((i, 3) for i in range(4) for _ in range(2))
+    assert all(not v._prechecked for v in host.started)  # and dropped once in a block
+    report = verify_ledger(tmp_path / "l.db", head=head, backend=backend)
+    assert report.height == height == 3  # genesis, open 0, close 0 + open 1, close 1 + open 2
+    with open_readonly(tmp_path / "l.db") as store:
+        assert all(len(b.certificate) == 4 for b in store.blocks())
+
+
+def test_a_crashed_validator_is_left_out_and_two_stop_the_keeper(tmp_path):
+    config = LedgerConfig(validators=4, backend="cryptography", qrng="seeded")
+    keeper = _keeper(tmp_path / "one.db", config=config, host=InlineHost(down={2}))
+    _, head = _two_rounds(keeper, "cryptography")
+    verify_ledger(tmp_path / "one.db", head=head)
+    with open_readonly(tmp_path / "one.db") as store:
+        assert all([i for i, _ in b.certificate] == [0, 1, 3] for b in store.blocks())
+    with pytest.raises(ConsensusError, match="cannot certify block 0.*tolerate 1"):
+        _keeper(tmp_path / "two.db", config=config, host=InlineHost(down={1, 2}))
+
+
+def _attempt_leaders(path) -> dict[int, tuple[int, int]]:
+    """height -> (attempt-0 leader, attempt-1 leader), from the beacons that RoundOpen
+    records (a block opening a round holds its height's beacon)."""
+    leaders = {}
+    with open_readonly(path) as store:
+        for block in store.blocks():
+            opens = [tx for tx in block.transactions if isinstance(tx, RoundOpen)]
+            if opens:
+                beacon = Beacon(
+                    height=block.height, value=opens[0].beacon, included=(), excluded=()
+                )
+                leaders[block.height] = (
+                    leader_for(beacon, range(4)),
+                    leader_for(beacon, range(4), 1),
+                )
+    return leaders
+
+
+@pytest.mark.parametrize("placement", ["in_process", "host"])
+def test_a_byzantine_leader_gets_no_quorum_and_the_next_leader_proceeds(tmp_path, placement):
+    """The validator that leads height 2 first proposes blocks with a forged update
+    signature: that height is certified by the next leader, and the ledger verifies."""
+
+    def forge(block):
+        txs = list(block.transactions)
+        updates = [i for i, tx in enumerate(txs) if isinstance(tx, Update)]
+        if not updates:  # nothing to forge in this block: move its root instead
+            wrong = block.header.model_copy(update={"merkle_root": bytes(32)})
+            return block.model_construct(header=wrong, transactions=txs, certificate=())
+        i = updates[0]
+        txs[i] = txs[i].model_copy(update={"signature": bytes(len(txs[i].signature))})
+        h = block.header
+        return make_block(
+            height=h.height,
+            prev_hash=h.prev_hash,
+            proposer=h.proposer,
+            round=h.round,
+            transactions=txs,
+        )
+
+    config = LedgerConfig(validators=4, backend="cryptography", qrng="seeded")
+    _two_rounds(_keeper(tmp_path / "honest.db", config=config), "cryptography")
+    honest = _attempt_leaders(tmp_path / "honest.db")
+    byzantine, next_leader = honest[2]  # the beacon does not depend on the proposals
+    host = InlineHost() if placement == "host" else None
+    keeper = _keeper(tmp_path / "l.db", config=config, host=host, tamper={byzantine: forge})
+    _, head = _two_rounds(keeper, "cryptography")
+    verify_ledger(tmp_path / "l.db", head=head)
+    assert _attempt_leaders(tmp_path / "l.db") == honest
+    with open_readonly(tmp_path / "l.db") as store:
+        proposers = {b.height: b.header.proposer for b in store.blocks()}
+    assert proposers[2] == next_leader != byzantine
+    assert byzantine not in proposers.values()
+
+
+@pytest.mark.skipif(not liboqs_library(), reason="deterministic signing needs liboqs")
+def test_deterministic_signatures_make_identical_ledgers(tmp_path):
+    def ledger(name, signatures):
+        config = LedgerConfig(validators=4, backend="liboqs", qrng="seeded", signatures=signatures)
+        keeper = _keeper(tmp_path / name, config=config)
+        head = _two_rounds(keeper, "liboqs", deterministic=signatures == "deterministic")
+        with open_readonly(tmp_path / name) as store:
+            return head, list(store.blocks())
+
+    (head_a, blocks_a), (head_b, blocks_b) = (
+        ledger("a.db", "deterministic"),
+        ledger("b.db", "deterministic"),
+    )
+    assert head_a == head_b
+    assert blocks_a == blocks_b  # certificates (validator signatures) included
+    (head_c, blocks_c), (head_d, blocks_d) = ledger("c.db", "hedged"), ledger("d.db", "hedged")
+    assert head_c != head_d  # hedged client signatures differ from run to run
+    assert [b.certificate for b in blocks_c] != [b.certificate for b in blocks_d]
+
+
+def test_deterministic_signatures_need_liboqs(tmp_path):
+    config = LedgerConfig(backend="cryptography", signatures="deterministic")
+    with pytest.raises(BackendUnavailable, match="deterministic"):
+        _keeper(tmp_path / "l.db", config=config)
+
+
+def test_a_received_update_is_recorded_by_its_fields_never_by_a_memo_it_carries(tmp_path):
+    """An update arrives pickled: its encoding memo could be another (validly signed) update
+    of the same client. The keeper forgets it: what is checked is what is recorded."""
+    from ledger.records import _decode_tx, encode_tx
+
+    config = LedgerConfig(validators=1, backend="cryptography", qrng="seeded")
+    keeper = _keeper(tmp_path / "l.db", config=config)
+    plan = keeper.open_round(0, 5, 3, sample_clients)
+    client = plan.sampled[0]
+    delta = np.ones(P, np.float32)
+
+    def update(examples):
+        return sign_update(
+            run_id=keeper.run_id,
+            master_secret=MASTER,
+            client_id=client,
+            round_=0,
+            nonce=update_nonce(MASTER, 0, client),
+            delta=delta,
+            num_examples=examples,
+            path="classical",
+            metrics={},
+            backend="cryptography",
+        )
+
+    honest, other = update(10), update(10_000)
+    data, entries = encode_tx(other), _decode_tx(encode_tx(other))[1]
+    object.__setattr__(honest, "__pydantic_private__", {"_encoding": data, "_entries": entries})
+    accepted, rejections, _ = keeper.admit([(honest, delta)])
+    assert accepted == [client] and rejections == []
+    keeper.close_round(0, np.zeros(P, np.float32), {"acc": 0.5})
+    keeper.close()
+    with open_readonly(tmp_path / "l.db") as store:
+        recorded = [tx for b in store.blocks() for tx in b.transactions if isinstance(tx, Update)]
+    assert [u.num_examples for u in recorded] == [10]

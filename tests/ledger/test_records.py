@@ -254,18 +254,19 @@ _h32 = st.binary(min_size=32, max_size=32)
 _metrics = st.dictionaries(
     st.text(min_size=1, max_size=6), st.integers(-(2**63), 2**63), max_size=3
 )
+_updates = st.builds(
+    Update,
+    client_id=_ids,
+    round=_ids,
+    nonce=st.binary(min_size=16, max_size=16),
+    delta_digest=_h32,
+    num_examples=_ids,
+    path=st.sampled_from(["classical", "quantum", "fallback"]),
+    metrics=_metrics,
+    signature=st.binary(max_size=8),
+)
 transactions = st.one_of(
-    st.builds(
-        Update,
-        client_id=_ids,
-        round=_ids,
-        nonce=st.binary(min_size=16, max_size=16),
-        delta_digest=_h32,
-        num_examples=_ids,
-        path=st.sampled_from(["classical", "quantum", "fallback"]),
-        metrics=_metrics,
-        signature=st.binary(max_size=8),
-    ),
+    _updates,
     st.builds(
         Rejection,
         client_id=_ids,
@@ -386,3 +387,96 @@ def test_header_round_trip_and_block_json():
         decode_header(encode_value({**block.header.model_dump(), "height": -1}))
     assert Block.model_validate_json(block.model_dump_json()) == block
     assert isinstance(BlockHeader.model_validate(block.header.model_dump()), BlockHeader)
+
+
+# --------------------------------------------------------------------------- the update fast path
+
+_any_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=2**70),
+    st.binary(max_size=40),
+    st.text(max_size=5),
+)
+_wrong = {
+    "client_id": _any_scalar,
+    "round": _any_scalar,
+    "nonce": _any_scalar,
+    "delta_digest": _any_scalar,
+    "num_examples": _any_scalar,
+    "path": st.one_of(st.just("other"), _any_scalar),
+    "metrics": st.one_of(
+        st.dictionaries(
+            st.one_of(st.text(max_size=4), st.integers(0, 3)),
+            st.one_of(st.integers(-5, 2**40), st.booleans(), st.text(max_size=2)),
+            max_size=3,
+        ),
+        _any_scalar,
+    ),
+    "kind": st.one_of(st.just("rejection"), _any_scalar),
+    "signature": _any_scalar,
+}
+
+
+@st.composite
+def _update_like(draw) -> dict:
+    """A valid update's field dict, then up to two fields replaced, a field dropped, or
+    one added (most draws are valid updates or one step from one)."""
+    value = draw(_updates).model_dump()
+    for name in draw(st.lists(st.sampled_from(sorted(_wrong)), max_size=2, unique=True)):
+        value[name] = draw(_wrong[name])
+    if draw(st.integers(0, 9)) == 0:
+        del value[draw(st.sampled_from(sorted(value)))]
+    if draw(st.integers(0, 9)) == 0:
+        value["extra"] = draw(_any_scalar)
+    return value
+
+
+def _reference_decode(data: bytes):
+    """What decoding gives without the fast path: the union's validation and the check."""
+    value = decode_value(data)
+    try:
+        tx = TypeAdapter(Transaction).validate_python(value)
+    except ValidationError:
+        return None
+    return tx if encode_tx(tx.model_copy(update={})) == data else None
+
+
+@settings(deadline=None, max_examples=400)
+@given(_update_like())
+def test_the_update_fast_path_decides_as_validation_does(value):
+    data = encode_value(value)
+    expected = _reference_decode(data)
+    if expected is None:
+        with pytest.raises(LedgerIntegrityError):
+            decode_tx(data)
+        return
+    got = decode_tx(data)
+    assert type(got) is type(expected)
+    assert list(got.__dict__.items()) == list(expected.__dict__.items())  # order too
+    assert got.__pydantic_fields_set__ == expected.__pydantic_fields_set__
+    assert got.__pydantic_extra__ == expected.__pydantic_extra__
+    assert got.model_dump_json() == expected.model_dump_json()
+    assert encode_tx(got) == data
+
+
+def test_the_update_fast_path_takes_a_valid_update_and_leaves_the_rest():
+    from ledger.records import _update_from_value
+
+    value = decode_value(encode_tx(update()))
+    fast = _update_from_value(value)
+    assert fast is not None and fast == update()
+    for change in (
+        {"client_id": -1},
+        {"round": True},
+        {"nonce": b"\x07" * 15},
+        {"delta_digest": "x" * 32},
+        {"path": "elsewhere"},
+        {"metrics": {"": 1}},
+        {"metrics": {"loss": 1.5}},
+        {"kind": "rejection"},
+        {"signature": None},
+    ):
+        assert _update_from_value({**value, **change}) is None, change
+    assert _update_from_value({k: v for k, v in value.items() if k != "nonce"}) is None
+    assert _update_from_value({**value, "extra": 1}) is None

@@ -125,13 +125,16 @@ def ledger(tmp_path, chain) -> Path:
     return path
 
 
-def _tamper(path: Path, sql: str, params: tuple = ()) -> None:
-    """Change the file as an attacker would: drop the triggers, then write."""
+def _tamper(path: Path, sql: str, params: tuple = (), *, restore: bool = True) -> None:
+    """Change the file as an attacker would: drop the triggers, write, put them back."""
     conn = sqlite3.connect(path)
-    triggers = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
-    for (name,) in triggers:
+    triggers = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    for name, _ in triggers:
         conn.execute(f"DROP TRIGGER {name}")
     conn.execute(sql, params)
+    if restore:
+        for _, trigger_sql in triggers:
+            conn.execute(trigger_sql)
     conn.commit()
     conn.close()
 
@@ -299,6 +302,49 @@ def test_wrong_format_version_raises(ledger):
     _tamper(ledger, "UPDATE meta SET value = 'qfl-ledger/0'")
     with pytest.raises(LedgerIntegrityError, match="format"):
         open_readonly(ledger)
+
+
+@pytest.mark.parametrize(
+    ("sql", "named"),
+    [
+        ("DROP TRIGGER transactions_newest_block", "trigger transactions_newest_block"),
+        ("DROP TRIGGER blocks_no_update", "trigger blocks_no_update"),
+        ("INSERT INTO meta VALUES ('comment', 'x')", "meta rows ['comment']"),
+        ("CREATE TABLE extra (x)", "table extra"),
+        ("CREATE INDEX tx_kind ON transactions(kind)", "index tx_kind"),
+        (
+            "CREATE TRIGGER quiet AFTER INSERT ON blocks BEGIN SELECT 1; END",
+            "trigger quiet",
+        ),
+    ],
+)
+@pytest.mark.parametrize("opener", [open_readonly, LedgerStore])
+def test_any_other_schema_or_meta_row_is_not_a_ledger(ledger, sql, named, opener):
+    conn = sqlite3.connect(ledger)
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerIntegrityError, match="schema|meta rows") as info:
+        opener(ledger)
+    assert named in str(info.value)
+
+
+def test_an_altered_trigger_is_not_a_ledger(ledger):
+    """Same name, other SQL: a trigger that no longer aborts anything."""
+    conn = sqlite3.connect(ledger)
+    conn.execute("DROP TRIGGER blocks_no_delete")
+    conn.execute("CREATE TRIGGER blocks_no_delete BEFORE DELETE ON blocks BEGIN SELECT 1; END")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerIntegrityError, match="altered .*blocks_no_delete"):
+        open_readonly(ledger)
+
+
+def test_the_fresh_schema_is_the_expected_one(tmp_path):
+    with LedgerStore(tmp_path / "fresh.db"):
+        pass
+    with open_readonly(tmp_path / "fresh.db") as store:  # passes its own check
+        assert store.head() is None
 
 
 # --------------------------------------------------------------------------- tampering
@@ -601,3 +647,23 @@ def test_writer_killed_inside_a_block_write_loses_only_that_block(tmp_path):
         assert store.orphan_transaction_heights() == []
     assert height == 2
     _extend_after_crash(path, height, head)
+
+
+@pytest.mark.parametrize(
+    ("height_sql", "reported"),
+    [("-1", -1), ("2.5", 2.5), ("'3'", 3), ("'x'", "x"), ("x'01'", b"\x01")],
+    ids=["negative", "between", "text-number", "text", "blob"],
+)
+def test_transaction_rows_without_their_block_are_found(ledger, chain, height_sql, reported):
+    """Rows at a height no block has (below, between, above, or not a number) fail, after
+    every block checked; a numeric text is stored as the number (column affinity)."""
+    body = _column(ledger, "SELECT body FROM transactions WHERE height = 1 AND idx = 0")
+    if reported == 3:  # an existing block's height: the row is a second transaction 0
+        _tamper(
+            ledger, f"INSERT INTO transactions VALUES ({height_sql}, 99, 'genesis', ?)", (body,)
+        )
+        assert _verify_fails(ledger).height == 3
+        return
+    _tamper(ledger, f"INSERT INTO transactions VALUES ({height_sql}, 0, 'genesis', ?)", (body,))
+    error = _verify_fails(ledger)
+    assert "without a block" in str(error) and error.height == reported

@@ -193,15 +193,18 @@ def rebuild(chain: Chain, tx_lists: list[list[Transaction]]) -> list[Block]:
 
 
 def rewrite(path: Path, sql: str, params: tuple) -> None:
-    """Change rows the way an attacker with file access would: triggers dropped."""
+    """Change rows the way an attacker with file access would: triggers dropped, then the
+    rows changed and the triggers put back (a dropped trigger alone is found, see
+    tests/ledger/test_store.py)."""
     conn = sqlite3.connect(path)
     try:
-        triggers = [
-            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
-        ]
-        for name in triggers:
+        triggers = conn.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger'")
+        triggers = triggers.fetchall()
+        for name, _ in triggers:
             conn.execute(f"DROP TRIGGER {name}")
         conn.execute(sql, params)
+        for _, trigger_sql in triggers:
+            conn.execute(trigger_sql)
         conn.commit()
     finally:
         conn.close()
