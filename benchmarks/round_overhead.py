@@ -100,7 +100,8 @@ def main() -> None:
     qfl_med, bare_med = statistics.median(qfl_times), statistics.median(bare_times)
     print(f"clients per round      {args.clients}")
     placement = config.ledger.validator_placement
-    print(f"ledger                 {'off' if args.no_ledger else f'on (4 validators, {placement})'}")
+    ledger = "off" if args.no_ledger else f"on (4 validators, {placement})"
+    print(f"ledger                 {ledger}")
     print(f"rounds measured        {args.rounds} (after {args.warmup} warm-up)")
     print(f"qfl round  median      {qfl_med * 1000:.1f} ms")
     print(f"bare round median      {bare_med * 1000:.1f} ms")
