@@ -303,7 +303,9 @@ class Federation:
 
     def checkpoint(self, round_: int) -> Checkpoint:
         """The committed state after `round_` rounds: weights, optimizer and driver state."""
-        optimizer = self._get(self.aggregator.state.remote())
+        optimizer = {}  # FedAvg's plain server step keeps no state: no call needed
+        if self.config.aggregation.server_optimizer != "none":
+            optimizer = self._get(self.aggregator.state.remote())
         arrays = {f"optimizer.{k}": v for k, v in optimizer.items() if isinstance(v, np.ndarray)}
         state = {
             "optimizer": {k: v for k, v in optimizer.items() if not isinstance(v, np.ndarray)},
