@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import ray
+from conftest import forging_tamper
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from actors.ledger_keeper import LedgerKeeperActor
@@ -16,7 +17,6 @@ from federated.messages import ClientUpdate
 from ledger.consensus import InvalidProposal
 from ledger.keeper import LedgerConfig, LedgerKeeper, sign_update, update_nonce
 from ledger.keys import master_secret_from_run_seed
-from ledger.records import Update, make_block
 from ledger.store import open_readonly
 from ledger.verify import verify_ledger
 
@@ -148,30 +148,6 @@ def test_validator_actors_vote_together_and_a_killed_one_is_left_out(tmp_path):
     assert signers[3:] == [[0, 1, 3]] * 2
 
 
-def _forger():
-    """A tamper that replaces the first update's signature by zeros (or, in a block
-    without one, the Merkle root). Made in a function so that Ray pickles it by value."""
-
-    def forge(block):
-        txs = list(block.transactions)
-        updates = [i for i, tx in enumerate(txs) if isinstance(tx, Update)]
-        if not updates:
-            wrong = block.header.model_copy(update={"merkle_root": bytes(32)})
-            return block.model_construct(header=wrong, transactions=txs, certificate=())
-        i = updates[0]
-        txs[i] = txs[i].model_copy(update={"signature": bytes(len(txs[i].signature))})
-        h = block.header
-        return make_block(
-            height=h.height,
-            prev_hash=h.prev_hash,
-            proposer=h.proposer,
-            round=h.round,
-            transactions=txs,
-        )
-
-    return forge
-
-
 def test_a_byzantine_validator_actor_is_refused_and_not_counted_as_crashed(tmp_path):
     path = tmp_path / "ledger.db"
     # the beacon does not depend on where the validators run nor on the proposals: the
@@ -188,7 +164,7 @@ def test_a_byzantine_validator_actor_is_refused_and_not_counted_as_crashed(tmp_p
     )
     first_leader = honest.last_decision.leader  # of block 0
     honest.close()
-    keeper = _keeper_actor(path, tamper={first_leader: _forger()})
+    keeper = _keeper_actor(path, tamper={first_leader: forging_tamper()})
     decision = ray.get(keeper.last_decision.remote())
     assert decision.attempt == 1 and decision.leader != first_leader
     assert decision.faulty == ()  # its validators refused the block; none crashed

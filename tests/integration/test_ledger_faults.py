@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 import ray
-from conftest import QUICKSTART
+from conftest import QUICKSTART, forging_tamper
 from mlflow.tracking import MlflowClient
 
 import pipelines.run
 from actors.ledger_keeper import LedgerKeeperActor
 from ledger.consensus import Beacon, ConsensusError, leader_for
-from ledger.records import RoundOpen, Update, make_block
+from ledger.records import RoundOpen
 from ledger.store import open_readonly
 from ledger.verify import verify_ledger
 from pipelines.config import load_config
@@ -120,37 +120,13 @@ def test_a_killed_validator_actor_does_not_stop_the_run(killed_one):
     assert signers[3:] == [[0, 1, 3]] * 2
 
 
-def _forger():
-    """Proposals with the first update's signature zeroed (or, in a block without an
-    update, another Merkle root). Made in a function so that Ray pickles it by value."""
-
-    def forge(block):
-        txs = list(block.transactions)
-        updates = [i for i, tx in enumerate(txs) if isinstance(tx, Update)]
-        if not updates:
-            wrong = block.header.model_copy(update={"merkle_root": bytes(32)})
-            return block.model_construct(header=wrong, transactions=txs, certificate=())
-        i = updates[0]
-        txs[i] = txs[i].model_copy(update={"signature": bytes(len(txs[i].signature))})
-        h = block.header
-        return make_block(
-            height=h.height,
-            prev_hash=h.prev_hash,
-            proposer=h.proposer,
-            round=h.round,
-            transactions=txs,
-        )
-
-    return forge
-
-
 def test_a_byzantine_leader_gets_no_quorum_and_the_next_leader_proceeds(
     killed_one, tmp_path, monkeypatch
 ):
     # the beacons come from the validators' seeded QRNGs, not from the proposals: block 1
     # of this run has the same beacon, hence the same first leader, as the run above
     _, byzantine, next_leader = _leaders(killed_one.ledger_path)[1]
-    spy = KeeperSpy(tamper={byzantine: _forger()})
+    spy = KeeperSpy(tamper={byzantine: forging_tamper()})
     summary, _ = _run(tmp_path, monkeypatch, "byzantine", spy=spy)
     assert summary.rounds == ROUNDS
     verify_ledger(summary.ledger_path, head=bytes.fromhex(summary.ledger_head))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import forging_tamper
 
 from federated.sampling import sample_clients
 from ledger.consensus import Beacon, ConsensusError, leader_for
@@ -17,7 +18,7 @@ from ledger.keeper import (
     update_nonce,
 )
 from ledger.keys import master_secret_from_run_seed
-from ledger.records import Rejection, RoundClose, RoundOpen, Update, make_block
+from ledger.records import Rejection, RoundClose, RoundOpen, Update
 from ledger.store import open_readonly
 from ledger.verify import verify_ledger
 
@@ -271,22 +272,7 @@ def test_a_byzantine_leader_gets_no_quorum_and_the_next_leader_proceeds(tmp_path
     """The validator that leads height 2 first proposes blocks with a forged update
     signature: that height is certified by the next leader, and the ledger verifies."""
 
-    def forge(block):
-        txs = list(block.transactions)
-        updates = [i for i, tx in enumerate(txs) if isinstance(tx, Update)]
-        if not updates:  # nothing to forge in this block: move its root instead
-            wrong = block.header.model_copy(update={"merkle_root": bytes(32)})
-            return block.model_construct(header=wrong, transactions=txs, certificate=())
-        i = updates[0]
-        txs[i] = txs[i].model_copy(update={"signature": bytes(len(txs[i].signature))})
-        h = block.header
-        return make_block(
-            height=h.height,
-            prev_hash=h.prev_hash,
-            proposer=h.proposer,
-            round=h.round,
-            transactions=txs,
-        )
+    forge = forging_tamper()
 
     config = LedgerConfig(validators=4, backend="cryptography", qrng="seeded")
     _two_rounds(_keeper(tmp_path / "honest.db", config=config), "cryptography")
