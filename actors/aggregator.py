@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import ray
@@ -13,7 +13,7 @@ from federated.messages import ClientUpdate
 
 @ray.remote(num_cpus=0)
 class AggregatorActor:
-    """Combines a round's updates with the configured rule; updates arrive as object refs.
+    """Combines a round's updates with the configured rule; updates arrive as one list.
 
     `config` is an `AggregationConfig`, or (older callers) a rule name with
     `server_lr`. The actor owns the server optimizer's state (FedAdam's m, v).
@@ -33,19 +33,29 @@ class AggregatorActor:
     def aggregate(
         self,
         weights: np.ndarray,
-        *updates: ClientUpdate,
+        updates: Sequence[ClientUpdate],
         reliability: Mapping[int, float] | None = None,
     ) -> np.ndarray:
-        return self._aggregator.step(weights, updates, reliability)[0]
+        return self._aggregator.step(weights, list(updates), reliability)[0]
 
     def aggregate_with_info(
         self,
         weights: np.ndarray,
-        *updates: ClientUpdate,
+        updates: Sequence[ClientUpdate],
+        *,
+        accepted: Collection[int] | None = None,
         reliability: Mapping[int, float] | None = None,
         private: PrivateStep | None = None,
     ) -> tuple[np.ndarray, AggregationInfo]:
-        return self._aggregator.step(weights, updates, reliability, private)
+        """One server step over `updates` (those of `accepted` clients, when given).
+
+        The round's updates come as one list (one object in the store, which the ledger
+        keeper reads too), never one argument each: Ray serialises a task's arguments one
+        by one, and a hundred of them cost several times one list.
+        """
+        if accepted is not None:
+            updates = [u for u in updates if u.client_id in accepted]
+        return self._aggregator.step(weights, list(updates), reliability, private)
 
     def state(self) -> dict:
         return self._aggregator.optimizer.state()

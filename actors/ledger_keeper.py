@@ -1,8 +1,8 @@
 """Ray actor shell around `ledger.keeper.LedgerKeeper`.
 
-With ``validator_placement: actors`` (the default) each validator is its own Ray actor
-(actors/validator.py), created here and owned by this actor; with ``in_process`` they all
-live inside it.
+With ``validator_placement: actors`` ("auto" on a cluster with CPUs to spare, see
+`ledger.keeper.placement_for`) each validator is its own Ray actor (actors/validator.py),
+created here and owned by this actor; with ``in_process`` they all live inside it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,15 @@ from actors.validator import RayValidatorHost
 from federated.messages import ClientUpdate
 from federated.sampling import sample_clients
 from ledger.consensus import Decision, Tamper
-from ledger.keeper import LedgerConfig, LedgerKeeper, Opening, RoundClosed, RoundPlan
-from ledger.records import Fallback, Rejection
+from ledger.keeper import (
+    LedgerConfig,
+    LedgerKeeper,
+    Opening,
+    RoundClosed,
+    RoundPlan,
+    placement_for,
+)
+from ledger.records import Fallback, Genesis, Rejection
 
 
 @ray.remote(num_cpus=0)
@@ -37,7 +44,13 @@ class LedgerKeeperActor:
         **kwargs,
     ):
         host = None
-        if config.validator_placement == "actors":
+        placement = placement_for(  # the driver resolves "auto" with its runners' CPUs
+            config.validator_placement,
+            cluster_cpus=ray.cluster_resources().get("CPU", 0.0),
+            runner_cpus=0.0,
+            validators=config.validators,
+        )
+        if placement == "actors":
             host = RayValidatorHost(config.validator_timeout_s)
         self._keeper = LedgerKeeper(path, config=config, host=host, tamper=tamper, **kwargs)
 
@@ -73,8 +86,14 @@ class LedgerKeeperActor:
         next_round: tuple[int, int, int] | None = None,
         sample=None,
         assign=None,
+        *,
+        certify: bool = True,
     ) -> RoundClosed:
-        """Close `round_`; `next_round` = (round, n_clients, per_round) opens it in the block."""
+        """Close `round_`; `next_round` = (round, n_clients, per_round) opens it in the block.
+
+        With `certify=False` only the height's beacon and transactions are fixed (the next
+        round's plan is final): `finish` certifies it, while the driver goes on.
+        """
         opening = None
         if next_round is not None:
             number, n_clients, per_round = next_round
@@ -85,11 +104,21 @@ class LedgerKeeperActor:
                 sample=sample or sample_clients,
                 assign=assign,
             )
-        return self._keeper.close_round(round_, aggregate, metrics, fallbacks, opening)
+        if certify:
+            return self._keeper.close_round(round_, aggregate, metrics, fallbacks, opening)
+        return self._keeper.begin_close(round_, aggregate, metrics, fallbacks, opening)
+
+    def finish(self) -> int:
+        """Certify and store the height `close_round(certify=False)` began; its height."""
+        return self._keeper.finish()[0]
 
     def reopened(self) -> RoundPlan | None:
         """A resumed ledger's round that was opened and not closed, if any."""
         return self._keeper.reopened
+
+    def genesis(self) -> Genesis:
+        """The ledger's Genesis: run, validator and client keys (ML-DSA-65, ML-KEM-768)."""
+        return self._keeper.genesis
 
     def head(self) -> tuple[int, bytes]:
         return self._keeper.head

@@ -9,7 +9,7 @@ still unanswered at the deadline becomes a `ClientFailure`: failures are data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,9 +77,15 @@ class ClientPool:
         tasks: Sequence[ClientTask],
         timeout_s: float,
         costs: Sequence[float] | None = None,
+        during: Callable[[], None] | None = None,
     ) -> RoundResult:
-        """Train every task's client from `weights_ref`; never raises for a client's fault."""
+        """Train every task's client from `weights_ref`; never raises for a client's fault.
+
+        `during` runs in the driver once every task is submitted, while they train.
+        """
         submitted, _ = self._submit("train", weights_ref, tasks, costs)
+        if during is not None:
+            during()
         ready, failures = self._wait(submitted, timeout_s)
         return _collect([(submitted[ref], ref) for ref in ready], failures)
 

@@ -17,11 +17,15 @@ them, so client steps can run in runner actors and server steps in the aggregato
     finish(responses) -> SecAggResult (or SecAggAborted)
 
 Keys. Each client has a long-term ML-KEM-768 key pair (FIPS 203; `kem_seed` derives it
-from the run's master secret by HKDF, `kem_public_key` gives the encapsulation key to
-register on the ledger) and its ML-DSA-65 signing key. For every pair u < v, u
-encapsulates to v's key; HKDF of the shared secret gives the pair's mask seed s_uv and a
-channel key c_uv. u signs (ML-DSA-65, context `CTX_SECAGG`) the SHA-256 digests of its
-ciphertexts and commitments SHA-256(s_uv), SHA-256(b_u) to its secrets.
+from the run's master secret by HKDF, `kem_public_key` gives the encapsulation key the
+ledger's Genesis registers, `Genesis.kem_keys`) and its ML-DSA-65 signing key (registered
+in `Genesis.clients`); the `Roster` carries both. A client whose own key differs from the
+roster's refuses the round (`SecAggClient`). For every pair u < v, u encapsulates to v's
+key; HKDF of the shared secret gives the pair's mask seed s_uv and a channel key c_uv. u
+signs (ML-DSA-65, context `CTX_SECAGG`) the SHA-256 digests of its ciphertexts and
+commitments SHA-256(s_uv), SHA-256(b_u) to its secrets; the server and each recipient
+check that signature and every ciphertext against its digest, so a changed bit in a
+ciphertext, a digest or the signature drops the exchange.
 
 Masking. x_u in fixed point, in Z_{2^32} (`encode`: round(w_u x_u * scale) mod 2^32). u
 sends y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_vu) over v in U2,
@@ -65,14 +69,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from federated import shamir
 from ledger.crypto import SignatureError, Signer, Verifier
+from ledger.keeper import KEM_SEED_BYTES, client_kem_key, client_kem_seed
 from ledger.keys import KEY_SALT, MASTER_SECRET_BYTES
+from ledger.records import KEM_KEY_BYTES
 from qfl.errors import ConfigError, TrainingError
 
 CTX_SECAGG: Final = b"qfl/secagg/v1"  # FIPS 204 context of key-exchange signatures
-KEM_SEED_BYTES: Final = 64  # ML-KEM seed d || z
-KEM_PUBLIC_KEY_BYTES: Final = 1184
+KEM_PUBLIC_KEY_BYTES: Final = KEM_KEY_BYTES  # 1184
 KEM_CIPHERTEXT_BYTES: Final = 1088
-KEM_INFO_PREFIX: Final = b"qfl/kem/v1/client/"
 ROUND_INFO_PREFIX: Final = b"qfl/secagg/v1/client/"
 MODULUS_BITS: Final = 32
 ROBUST_RULES: Final = ("median", "trimmed_mean", "krum", "multi_krum")
@@ -283,14 +287,10 @@ def _hkdf(ikm: bytes, info: bytes, length: int, salt: bytes) -> bytes:
 def kem_seed(master_secret: bytes, client_id: int) -> bytes:
     """The 64-byte ML-KEM-768 seed of `client_id`: HKDF-SHA256(master, KEY_SALT, kem info).
 
-    info = b"qfl/kem/v1/client/<id>", distinct from the ML-DSA seeds of `ledger.keys`.
+    info = b"qfl/kem/v1/client/<id>", distinct from the ML-DSA seeds of `ledger.keys`
+    (`ledger.keeper.client_kem_seed`, which the ledger's Genesis registry uses too).
     """
-    if not isinstance(master_secret, bytes) or len(master_secret) < MASTER_SECRET_BYTES:
-        raise ValueError(f"master secret must be at least {MASTER_SECRET_BYTES} bytes")
-    if isinstance(client_id, bool) or not isinstance(client_id, int) or client_id < 0:
-        raise ValueError(f"client id must be an int >= 0, got {client_id!r}")
-    info = KEM_INFO_PREFIX + str(client_id).encode("ascii")
-    return _hkdf(master_secret, info, KEM_SEED_BYTES, KEY_SALT)
+    return client_kem_seed(master_secret, client_id)
 
 
 def kem_private_key(seed: bytes) -> mlkem.MLKEM768PrivateKey:
@@ -301,8 +301,8 @@ def kem_private_key(seed: bytes) -> mlkem.MLKEM768PrivateKey:
 
 
 def kem_public_key(master_secret: bytes, client_id: int) -> bytes:
-    """The 1184-byte ML-KEM-768 encapsulation key of `client_id`, to register on the ledger."""
-    return kem_private_key(kem_seed(master_secret, client_id)).public_key().public_bytes_raw()
+    """The 1184-byte ML-KEM-768 encapsulation key of `client_id`, as Genesis registers it."""
+    return client_kem_key(master_secret, client_id)
 
 
 def round_secret(master_secret: bytes, client_id: int, round_: int) -> bytes:
@@ -610,6 +610,10 @@ class SecAggClient:
         except ValueError:
             raise SecAggError(f"client {message.sender} sent no ciphertext to {self.id}") from None
         ciphertext = message.ciphertexts[index]
+        if len(ciphertext) != KEM_CIPHERTEXT_BYTES:
+            raise SecAggError(
+                f"client {message.sender}: a ciphertext is not {KEM_CIPHERTEXT_BYTES} bytes"
+            )
         if _digest(ciphertext) != message.digests[index]:
             raise SecAggError(f"client {message.sender}: ciphertext does not match its digest")
         try:
@@ -776,7 +780,13 @@ class SecAggServer:
             )
 
     def receive_key_exchanges(self, messages: Sequence[KeyExchange]) -> tuple[KeyExchange, ...]:
-        """Check each exchange once; the valid ones (U1) go to every client of U1."""
+        """Check each exchange once; the valid ones (U1) go to every client of U1.
+
+        Valid: from a participant, once; a ciphertext to every higher participant, each
+        1088 bytes and matching its digest; the ML-DSA-65 signature over the digests and
+        commitments verifies under the sender's registered key. Any other is dropped with
+        the reason in `rejected` (its sender is not in U1, so no pair key of it is used).
+        """
         valid: dict[int, KeyExchange] = {}
         participants = set(self.roster.participants)
         for m in messages:
@@ -788,6 +798,12 @@ class SecAggServer:
                 len(m.ciphertexts) == len(m.digests) == len(m.pair_commitments) == len(expected)
             ):
                 self.rejected[m.sender] = "key exchange does not address every higher participant"
+                continue
+            if any(
+                len(c) != KEM_CIPHERTEXT_BYTES or _digest(c) != d
+                for c, d in zip(m.ciphertexts, m.digests, strict=True)
+            ):
+                self.rejected[m.sender] = "a ciphertext does not match its signed digest"
                 continue
             try:
                 self._verifier.verify(

@@ -80,6 +80,7 @@ __all__ = [
     "AttemptFailure",
     "Beacon",
     "BeaconError",
+    "PendingHeight",
     "CertificateError",
     "Commitment",
     "Consensus",
@@ -870,6 +871,37 @@ class Consensus:
         validators (None: each uses its own). Returns the `Decision` with the certified
         block; raises `ConsensusError` when no attempt reaches a quorum (more than f
         validators down or misbehaving).
+
+        The same as `finish_height(begin_height(...))`.
+        """
+        pending = self.begin_height(
+            height,
+            prev_hash,
+            transactions,
+            validators,
+            round=round,
+            check_transactions=check_transactions,
+            tamper=tamper,
+        )
+        return self.finish_height(pending)
+
+    def begin_height(
+        self,
+        height: int,
+        prev_hash: bytes,
+        transactions: Sequence[Transaction] | Callable[[Beacon], Sequence[Transaction]],
+        validators: Sequence[Validator | Any | None],
+        *,
+        round: int = 0,
+        check_transactions: TransactionCheck | None = None,
+        tamper: Mapping[int, Tamper] | None = None,
+    ) -> PendingHeight:
+        """The first phase of `run_height`: the beacon (commit and reveal) and the height's
+        transactions, fixed before any proposal.
+
+        What the returned `PendingHeight` holds is final: every attempt of
+        `finish_height` proposes exactly these transactions, so a value derived from them
+        (a `RoundOpen`'s sampled clients) is either certified or the height fails.
         """
         live = self._live(validators)
         faulty: set[int] = set()
@@ -888,7 +920,7 @@ class Consensus:
         if self._resolve is not None:
             for tx in transactions:  # encoded once here; the encodings travel with them
                 encode_tx(tx)
-        round_ = _Height(
+        h = _Height(
             height=height,
             prev_hash=prev_hash,
             round=round,
@@ -898,14 +930,20 @@ class Consensus:
             reveals=tuple(reveals),
             check=check_transactions,
         )
+        return PendingHeight(h, beacon, live, faulty, dict(tamper or {}))
+
+    def finish_height(self, pending: PendingHeight) -> Decision:
+        """The second phase of `run_height`: proposals, votes and the quorum certificate."""
+        h, beacon, live, faulty = pending.h, pending.beacon, pending.live, pending.faulty
+        tamper, transactions = pending.tamper, h.transactions
         failures: list[AttemptFailure] = []
         for attempt in range(self.n):
             leader = leader_for(beacon, self.ids, attempt)
             try:
-                block = self._propose(live, faulty, leader, tamper, attempt, round_)
-                certificate = self._collect_votes(live, faulty, block, attempt, round_)
+                block = self._propose(live, faulty, leader, tamper, attempt, h)
+                certificate = self._collect_votes(live, faulty, block, attempt, h)
             except ConsensusError as exc:
-                _log.info("height %d attempt %d (leader %d): %s", height, attempt, leader, exc)
+                _log.info("height %d attempt %d (leader %d): %s", h.height, attempt, leader, exc)
                 failures.append(AttemptFailure(attempt=attempt, leader=leader, reason=str(exc)))
                 continue
             # every voter checked that the block holds exactly the submitted transactions:
@@ -914,7 +952,7 @@ class Consensus:
                 header=block.header, transactions=transactions, certificate=certificate
             )
             if transactions_root(transactions) != certified.header.merkle_root:
-                raise ConsensusError(f"height {height}: a quorum certified other transactions")
+                raise ConsensusError(f"height {h.height}: a quorum certified other transactions")
             check_certificate(
                 certified.hash, certificate, self.keys, self.f, verifier=self.verifier, strict=True
             )
@@ -927,7 +965,7 @@ class Consensus:
                 faulty=tuple(sorted(faulty)),
             )
         raise ConsensusError(
-            f"height {height}: no block certified in {self.n} attempts: "
+            f"height {h.height}: no block certified in {self.n} attempts: "
             + "; ".join(f"{f.leader}: {f.reason}" for f in failures)
         )
 
@@ -1091,6 +1129,20 @@ class _Height(NamedTuple):
     commitments: tuple[Commitment, ...]
     reveals: tuple[Reveal, ...]
     check: TransactionCheck | None
+
+
+class PendingHeight(NamedTuple):
+    """A height between `Consensus.begin_height` and `Consensus.finish_height`."""
+
+    h: _Height
+    beacon: Beacon
+    live: dict[int, Any]
+    faulty: set[int]
+    tamper: dict[int, Tamper]
+
+    @property
+    def transactions(self) -> tuple[Transaction, ...]:
+        return self.h.transactions
 
 
 def _same_transactions(a: Sequence[Transaction], b: Sequence[Transaction]) -> bool:

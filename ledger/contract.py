@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Final, get_args
 
 import numpy as np
@@ -262,7 +263,7 @@ class Contract:
     # ----------------------------------------------------------------- admitting
 
     def admit(
-        self, updates: Iterable[tuple[Update, np.ndarray]]
+        self, updates: Iterable[tuple[Update, np.ndarray]], *, workers: int = 1
     ) -> tuple[list[tuple[Update, np.ndarray]], list[Rejection]]:
         """Check `updates` in the given order: (accepted (update, delta) pairs, rejections).
 
@@ -270,12 +271,26 @@ class Contract:
         copy in the same batch or any later round is a replay. A rejected update is never
         returned as accepted; it burns its nonce only if it was authenticated (its
         rule is in `AUTHENTICATED_RULES`).
+
+        With `workers > 1` the authentication of every update (rules 5 and 6: the
+        signature and the delta digest, which depend on nothing but the update and the
+        registry) runs first on that many threads (ML-DSA verification and SHA3 release
+        the GIL); the rules are then applied in order as with one worker, so the result
+        is the same.
         """
+        updates = list(updates)
+        authentic = self._authenticate(updates, workers) if workers > 1 else None
         accepted: list[tuple[Update, np.ndarray]] = []
         rejections: list[Rejection] = []
-        for update, delta in updates:
+        for i, (update, delta) in enumerate(updates):
             try:
-                self.check(update, delta)
+                if authentic is None:
+                    self.check(update, delta)
+                else:
+                    self._check_header(update)
+                    if authentic[i] is not None:
+                        raise authentic[i]
+                    self._check_content(delta)
             except UpdateRejected as exc:
                 rejections.append(self._rejection(update, exc))
                 if exc.rule in AUTHENTICATED_RULES:
@@ -285,6 +300,24 @@ class Contract:
             self._accepted.add(update.client_id)
             accepted.append((update, delta))
         return accepted, rejections
+
+    def _authenticate(
+        self, updates: Sequence[tuple[Update, np.ndarray]], workers: int
+    ) -> list[UpdateRejected | None]:
+        """Rules 5-6 for every update on `workers` threads: None where they pass."""
+
+        def authenticate(item: tuple[Update, np.ndarray]) -> UpdateRejected | None:
+            update, delta = item
+            if not isinstance(update, Update) or update.client_id not in self.registry:
+                return None  # the header rules reject it first
+            try:
+                self._check_authentic(update, delta)
+            except UpdateRejected as exc:
+                return exc
+            return None
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(authenticate, updates))
 
     def _rejection(self, update: Update, exc: UpdateRejected) -> Rejection:
         assert self._round is not None  # check() raised ContractError otherwise

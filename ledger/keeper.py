@@ -32,9 +32,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import mlkem
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.consensus import (
@@ -42,6 +45,7 @@ from ledger.consensus import (
     Consensus,
     ConsensusError,
     Decision,
+    PendingHeight,
     Tamper,
     Validator,
     beacon_seed,
@@ -56,7 +60,7 @@ from ledger.encoding import (
     to_micro,
     weights_digest,
 )
-from ledger.keys import derive_seed
+from ledger.keys import KEY_SALT, MASTER_SECRET_BYTES, derive_seed
 from ledger.records import (
     ZERO_HASH,
     Fallback,
@@ -71,7 +75,7 @@ from ledger.records import (
     forget_encoding,
     update_signing_payload,
 )
-from ledger.store import LedgerStore, open_readonly
+from ledger.store import LedgerStore, head_height, open_readonly
 from ledger.verify import verify_ledger
 
 _log = logging.getLogger(__name__)
@@ -89,9 +93,11 @@ class LedgerConfig(BaseModel):
     qrng: Literal["aer", "seeded"] = Field(
         "aer", description="validators' beacon randomness: Aer QRNG, or a seeded generator"
     )
-    validator_placement: Literal["actors", "in_process"] = Field(
-        "actors",
-        description="each validator its own Ray actor, or all inside the ledger keeper",
+    validator_placement: Literal["auto", "actors", "in_process"] = Field(
+        "auto",
+        description="each validator its own Ray actor, or all inside the ledger keeper; "
+        "auto: actors when the cluster has a CPU for each beside the client runners' "
+        "(`placement_for`), else in the keeper",
     )
     validator_timeout_s: float = Field(
         60.0, gt=0, description="a validator call unanswered this long counts as crashed"
@@ -105,6 +111,29 @@ class LedgerConfig(BaseModel):
     @property
     def deterministic(self) -> bool:
         return self.signatures == "deterministic"
+
+
+ADMIT_WORKERS: Final = 2  # threads that authenticate a round's updates (`Contract.admit`)
+
+
+def placement_for(
+    placement: Literal["auto", "actors", "in_process"],
+    *,
+    cluster_cpus: float,
+    runner_cpus: float,
+    validators: int,
+) -> Literal["actors", "in_process"]:
+    """The validators' placement: `placement`, or for "auto" actors only when the cluster
+    has a CPU for every validator beside the client runners' CPUs.
+
+    Validator actors run a height's phases in parallel and fail alone (a crashed or
+    Byzantine validator is one process), but each is a process that competes with the
+    runners for the CPUs: on a 2-core machine four of them cost more per round than all
+    four checking in the keeper (benchmarks/round_overhead.py, F1).
+    """
+    if placement != "auto":
+        return placement
+    return "actors" if cluster_cpus >= runner_cpus + validators else "in_process"
 
 
 class SigningSpec(BaseModel):
@@ -278,19 +307,20 @@ def _recorded_transactions(path: Path) -> list[Transaction]:
 
 
 def _head_height(path: Path) -> int:
-    store = open_readonly(path)
-    try:
-        head = store.head()
-    finally:
-        store.close()
-    if head is None:
+    height = head_height(path)
+    if height is None:
         raise LedgerIntegrityError(f"{path}: an empty ledger cannot be resumed")
-    return head[0]
+    return height
 
 
 def client_public_keys(master: bytes, n_clients: int, backend: str) -> dict[int, bytes]:
     """The registry: each client's ML-DSA-65 public key, derived from the master secret."""
     return {k: client_signer(master, k, backend).public_key for k in range(n_clients)}
+
+
+def client_kem_keys(master: bytes, n_clients: int) -> dict[int, bytes]:
+    """Each client's ML-KEM-768 encapsulation key (`client_kem_key`), for Genesis."""
+    return {k: client_kem_key(master, k) for k in range(n_clients)}
 
 
 class LedgerKeeper:
@@ -315,10 +345,13 @@ class LedgerKeeper:
         host: ValidatorHost | None = None,
         tamper: Mapping[int, Tamper] | None = None,
         resume: bool = False,
+        register_kem_keys: bool = False,
     ):
         """`resume`: continue the ledger already at `path` (a resumed run) instead of
         writing genesis: the chain is verified, its genesis must be this run's, the nonces
-        it recorded stay burned, and a round it opened but did not close is open again."""
+        it recorded stay burned, and a round it opened but did not close is open again.
+        `register_kem_keys` (secure aggregation): Genesis also registers every client's
+        ML-KEM-768 encapsulation key (`client_kem_keys`), read back through `kem_keys`."""
         self.backend = resolve_backend(config.backend)
         self.run_id = run_id
         self.path = Path(path)
@@ -378,13 +411,18 @@ class LedgerKeeper:
         )
         self.last_decision: Decision | None = None  # how the newest block was certified
         self._pending: list[Transaction] = []
+        self._unfinished: tuple[PendingHeight, int] | None = None  # begun, not certified
         genesis = Genesis(
             run_id=run_id,
             config_hash=digest(config_bytes),
             crypto_backend=self.backend,
             validators=tuple(keys.items()),
             clients=tuple(self.registry.items()),
+            kem_keys=tuple(client_kem_keys(master_secret, n_clients).items())
+            if register_kem_keys
+            else (),
         )
+        self.genesis = genesis  # equal to the recorded one (checked on resume)
         self.reopened: RoundPlan | None = None  # resume: the round the ledger left open
         try:
             self.store = LedgerStore(self.path)
@@ -409,6 +447,11 @@ class LedgerKeeper:
         return self._opened(opened[-1], self.store.head()[0])
 
     @property
+    def kem_keys(self) -> dict[int, bytes]:
+        """Client id -> the ML-KEM-768 encapsulation key Genesis registers (empty: none)."""
+        return dict(self.genesis.kem_keys)
+
+    @property
     def head(self) -> tuple[int, bytes]:
         head = self.store.head()
         assert head is not None  # genesis is written in __init__
@@ -416,19 +459,38 @@ class LedgerKeeper:
 
     def _commit(
         self, transactions: Sequence[Transaction] | Callable, round_: int
-    ) -> tuple[int, object]:
+    ) -> tuple[int, Decision]:
+        self._begin(transactions, round_)
+        return self.finish()
+
+    def _begin(self, transactions: Sequence[Transaction] | Callable, round_: int) -> PendingHeight:
+        """The next height's beacon and transactions (`Consensus.begin_height`)."""
+        self.finish()  # a height left unfinished is certified first (calls come in order)
         head = self.store.head()
         height, prev = (0, ZERO_HASH) if head is None else (head[0] + 1, head[1])
         try:
-            decision = self.consensus.run_height(
+            pending = self.consensus.begin_height(
                 height, prev, transactions, self.validators, round=round_
             )
         except ConsensusError as exc:
-            n = self.consensus.n
-            raise ConsensusError(
-                f"the ledger cannot certify block {height} (round {round_}): {n} validators "
-                f"tolerate {max_faults(n)} crashed or Byzantine, and more failed: {exc}"
-            ) from exc
+            raise self._cannot_certify(height, round_, exc) from exc
+        self._unfinished = (pending, round_)
+        return pending
+
+    def finish(self) -> tuple[int, Decision | None]:
+        """Certify and store the height `begin_close` began; (its height, how it went).
+
+        Without one, the head's height (-1 before genesis) and None.
+        """
+        if self._unfinished is None:
+            head = self.store.head()
+            return (-1 if head is None else head[0]), None
+        (pending, round_), self._unfinished = self._unfinished, None
+        height = pending.h.height
+        try:
+            decision = self.consensus.finish_height(pending)
+        except ConsensusError as exc:
+            raise self._cannot_certify(height, round_, exc) from exc
         if decision.faulty or decision.failures:
             _log.warning(
                 "ledger block %d: faulty validators %s, failed attempts %s",
@@ -442,6 +504,13 @@ class LedgerKeeper:
             for validator in self.validators:
                 validator.forget_below(height)
         return height, decision
+
+    def _cannot_certify(self, height: int, round_: int, exc: ConsensusError) -> ConsensusError:
+        n = self.consensus.n
+        return ConsensusError(
+            f"the ledger cannot certify block {height} (round {round_}): {n} validators "
+            f"tolerate {max_faults(n)} crashed or Byzantine, and more failed: {exc}"
+        )
 
     def _opening_transaction(self, opening: Opening, beacon) -> RoundOpen:
         rng = np.random.default_rng(beacon_seed(beacon))
@@ -485,7 +554,8 @@ class LedgerKeeper:
             # encoding, signing payload and stored body comes from the checked fields.
             if isinstance(update, Update):
                 forget_encoding(update)
-        accepted, rejections = self.contract.admit(updates)
+        # the signatures and digests on 2 threads: the runners are idle while it admits
+        accepted, rejections = self.contract.admit(updates, workers=ADMIT_WORKERS)
         self._pending = [u for u, _ in accepted] + list(rejections)
         seconds = time.perf_counter() - start
         if self.host is not None and accepted:
@@ -507,7 +577,27 @@ class LedgerKeeper:
         opening: Opening | None = None,
     ) -> RoundClosed:
         """Certify the round's updates, rejections, fallbacks and RoundClose, and open
-        `opening`'s round in the same block when given."""
+        `opening`'s round in the same block when given (`begin_close`, then `finish`)."""
+        closed = self.begin_close(round_, aggregate, metrics, fallbacks, opening)
+        self.finish()
+        return closed
+
+    def begin_close(
+        self,
+        round_: int,
+        aggregate: np.ndarray,
+        metrics: dict[str, float],
+        fallbacks: Sequence[Fallback] = (),
+        opening: Opening | None = None,
+    ) -> RoundClosed:
+        """The closing height's first phase: its beacon and transactions, the round's
+        updates, rejections, fallbacks and RoundClose, and `opening`'s RoundOpen when given.
+
+        The next round's plan is final as soon as this returns: the height either
+        certifies exactly these transactions (`finish`, or the next call that needs the
+        chain) or fails, and then the run fails. So the next round may start training
+        while its opening block is still being certified.
+        """
         accepted = tuple(sorted(tx.client_id for tx in self._pending if isinstance(tx, Update)))
         close = RoundClose(
             round=round_,
@@ -522,12 +612,12 @@ class LedgerKeeper:
                 return closing
             return [*closing, self._opening_transaction(opening, beacon)]
 
-        height, decision = self._commit(transactions, round_)
+        pending = self._begin(transactions, round_)
         self._pending = []
+        height = pending.h.height
         if opening is None:
             return RoundClosed(height=height)
-        opened = self._opened(decision.block.transactions[-1], height)
-        return RoundClosed(height=height, next=opened)
+        return RoundClosed(height=height, next=self._opened(pending.transactions[-1], height))
 
     def close(self) -> None:
         """Close the store and stop the validators it started (if any)."""
@@ -582,3 +672,28 @@ def client_signer(
     """Client `client_id`'s ML-DSA-65 signer, derived from the run's master secret."""
     seed = derive_seed(master_secret, "client", client_id)
     return signer_from_seed(seed, backend=backend, deterministic=deterministic)
+
+
+KEM_SEED_BYTES = 64  # an ML-KEM seed d || z (FIPS 203)
+KEM_INFO_PREFIX = b"qfl/kem/v1/client/"
+
+
+def client_kem_seed(master_secret: bytes, client_id: int) -> bytes:
+    """The 64-byte ML-KEM-768 seed of `client_id`: HKDF-SHA256(master, KEY_SALT, info).
+
+    info = b"qfl/kem/v1/client/<id>" (decimal id), distinct from every ML-DSA seed's info
+    (`ledger.keys.key_info`), so a client's KEM and signing keys are independent.
+    """
+    if not isinstance(master_secret, bytes) or len(master_secret) < MASTER_SECRET_BYTES:
+        raise ValueError(f"master secret must be at least {MASTER_SECRET_BYTES} bytes")
+    if isinstance(client_id, bool) or not isinstance(client_id, int) or client_id < 0:
+        raise ValueError(f"client id must be an int >= 0, got {client_id!r}")
+    info = KEM_INFO_PREFIX + str(client_id).encode("ascii")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEM_SEED_BYTES, salt=KEY_SALT, info=info)
+    return hkdf.derive(master_secret)
+
+
+def client_kem_key(master_secret: bytes, client_id: int) -> bytes:
+    """Client `client_id`'s 1184-byte ML-KEM-768 encapsulation key (what Genesis registers)."""
+    private = mlkem.MLKEM768PrivateKey.from_seed_bytes(client_kem_seed(master_secret, client_id))
+    return private.public_key().public_bytes_raw()

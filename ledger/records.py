@@ -43,7 +43,7 @@ from ledger.encoding import (
     encode_value,
     same_encoding,
 )
-from ledger.merkle import merkle_root
+from ledger.merkle import leaf_hash, root_of_hashes
 
 NONCE_BYTES: Final = 16
 ZERO_HASH: Final = bytes(HASH_BYTES)
@@ -69,6 +69,9 @@ RejectionRule = Literal[
     "norm_bound",
 ]
 IndexedKey = tuple[NonNegInt, KeyBytes]
+KEM_KEY_BYTES: Final = 1184  # an ML-KEM-768 encapsulation key (FIPS 203)
+KemKey = Annotated[bytes, Strict(), Field(min_length=KEM_KEY_BYTES, max_length=KEM_KEY_BYTES)]
+IndexedKemKey = tuple[NonNegInt, KemKey]
 
 
 class _Record(BaseModel):
@@ -135,7 +138,13 @@ def _sorted_metrics(metrics: dict[str, int]) -> dict[str, int]:
 
 
 class Genesis(_Record):
-    """Block 0's transaction: the run, its config and every key allowed to sign."""
+    """Block 0's transaction: the run, its config and every key allowed to sign.
+
+    kem_keys: each client's ML-KEM-768 encapsulation key for secure aggregation (the
+    pairwise key agreement of `federated.secagg`), registered next to its ML-DSA-65 key:
+    the same client ids as `clients`, in the same order; empty when the run has no secure
+    aggregation. Always part of the canonical encoding (an empty tuple encodes too).
+    """
 
     kind: Literal["genesis"] = "genesis"
     run_id: Name
@@ -143,13 +152,20 @@ class Genesis(_Record):
     crypto_backend: Name
     validators: tuple[IndexedKey, ...] = Field(min_length=1)  # (validator index, public key)
     clients: tuple[IndexedKey, ...]  # (client id, public key)
+    kem_keys: tuple[IndexedKemKey, ...] = ()  # (client id, encapsulation key); () or all
     created_round: Literal[0] = 0
 
-    @field_validator("validators", "clients")
+    @field_validator("validators", "clients", "kem_keys")
     @classmethod
     def _sorted_ids(cls, keys: tuple[IndexedKey, ...]) -> tuple[IndexedKey, ...]:
         _strictly_increasing([index for index, _ in keys], "key indices")
         return keys
+
+    @model_validator(mode="after")
+    def _kem_keys_align(self) -> Genesis:
+        if self.kem_keys and [k for k, _ in self.kem_keys] != [k for k, _ in self.clients]:
+            raise ValueError("kem_keys must register exactly the clients (or be empty)")
+        return self
 
 
 class RoundOpen(_Record):
@@ -591,7 +607,19 @@ def _validate_certificate(certificate: Certificate) -> Certificate:
 
 def transactions_root(transactions: Sequence[Transaction]) -> bytes:
     """The Merkle root over the transactions' canonical bytes."""
-    return merkle_root([encode_tx(tx) for tx in transactions])
+    return root_of_hashes([_leaf(tx) for tx in transactions])
+
+
+def _leaf(tx: Transaction) -> bytes:
+    """`leaf_hash(encode_tx(tx))`, remembered with the encoding (`forget_encoding` drops both)."""
+    memo = tx.__pydantic_private__
+    if memo is not None:
+        leaf = memo.get("_leaf")
+        if leaf is not None:
+            return leaf
+    leaf = leaf_hash(encode_tx(tx))
+    _memo(tx)["_leaf"] = leaf
+    return leaf
 
 
 class Block(_Record):

@@ -62,6 +62,7 @@ __all__ = [
     "LedgerReadOnlyError",
     "LedgerStore",
     "StoredBlock",
+    "head_height",
     "open_readonly",
     "verify_chain",
 ]
@@ -350,6 +351,16 @@ class LedgerStore:
 def open_readonly(path: str | os.PathLike[str]) -> LedgerStore:
     """Open an existing ledger read-only (for verification); never creates a file."""
     return LedgerStore(path, readonly=True)
+
+
+def head_height(path: str | os.PathLike[str]) -> int | None:
+    """The height of the ledger's newest block (None: no block yet), read-only."""
+    store = open_readonly(path)
+    try:
+        head = store.head()
+    finally:
+        store.close()
+    return None if head is None else head[0]
 
 
 # --------------------------------------------------------------------------- verification

@@ -6,12 +6,21 @@ the server optimizer's state (FedAdam's m and v) and the driver's JSON state
 `rounds.jsonl` holds one line per round, written just before the checkpoint; a
 resumed run drops the lines of rounds after its checkpoint (`truncate_rounds`), so
 the log and MLflow never hold a round that did not commit.
+
+With a ledger, a round's closing block is certified in the background while the next
+round trains, and the round commits once that block is stored. Its checkpoint is written
+first as `checkpoint.pending.npz`, naming that block's height, before the block can be
+stored; the commit makes it `checkpoint.npz` (`promote_checkpoint`). A crash between the
+block being stored and that rename leaves both files: `load_checkpoint` with the
+ledger's head height then takes the pending one, whose block is on the ledger, so the
+ledger is never a round ahead of the checkpoint a run resumes from.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qfl.errors import RunError
 
 CHECKPOINT = "checkpoint.npz"
+PENDING = "checkpoint.pending.npz"  # a round whose ledger block is not yet known stored
 ROUNDS_LOG = "rounds.jsonl"
 _ARRAY_PREFIX = "array."
 
@@ -40,23 +50,71 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     """Write `checkpoint.npz` via a temporary file, fsync and an atomic rename."""
     path = run_dir / CHECKPOINT
     tmp = path.with_suffix(".tmp.npz")
+    _write(tmp, checkpoint, sync=True)
+    os.replace(tmp, path)
+    return path
+
+
+def save_pending(run_dir: Path, checkpoint: Checkpoint, ledger_height: int) -> Path:
+    """Write `checkpoint.pending.npz`: the state after a round whose closing block (at
+    `ledger_height`) is still being certified. Not synced: `promote_checkpoint` does it
+    off the critical path, before the rename that commits it."""
+    path = run_dir / PENDING
+    _write(path, checkpoint, sync=False, ledger_height=ledger_height)
+    return path
+
+
+def promote_checkpoint(run_dir: Path) -> Path:
+    """Commit the pending checkpoint (its block is stored): fsync, rename over the last."""
+    pending, path = run_dir / PENDING, run_dir / CHECKPOINT
+    with open(pending, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(pending, path)
+    return path
+
+
+def _write(path: Path, checkpoint: Checkpoint, *, sync: bool, **extra: int) -> None:
     arrays = {f"{_ARRAY_PREFIX}{k}": v for k, v in checkpoint.arrays.items()}
-    with open(tmp, "wb") as fh:
+    with open(path, "wb") as fh:
         np.savez(
             fh,
             round=np.int64(checkpoint.round),
             weights=checkpoint.weights,
             state=np.array(json.dumps(checkpoint.state, sort_keys=True)),
+            **{k: np.int64(v) for k, v in extra.items()},
             **arrays,
         )
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
-def load_checkpoint(run_dir: Path) -> Checkpoint:
-    path = run_dir / CHECKPOINT
+def load_checkpoint(run_dir: Path, ledger_head: int | None = None) -> Checkpoint:
+    """The last committed checkpoint.
+
+    A pending checkpoint (module docstring) counts as committed when `ledger_head`, the
+    run's ledger head height, shows its block stored; it is then renamed into place.
+    Otherwise it is of a round that did not commit and is removed.
+    """
+    pending = run_dir / PENDING
+    if pending.is_file():
+        height = _pending_height(pending)
+        if ledger_head is not None and height is not None and ledger_head >= height:
+            promote_checkpoint(run_dir)
+        else:
+            pending.unlink()
+    return _read(run_dir / CHECKPOINT)
+
+
+def _pending_height(path: Path) -> int | None:
+    try:
+        with np.load(path) as npz:
+            return int(npz["ledger_height"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # torn: it never committed
+        return None
+
+
+def _read(path: Path) -> Checkpoint:
     if not path.is_file():
         raise RunError(f"no checkpoint at {path}")
     try:
@@ -73,7 +131,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
                 state=state,
                 arrays=arrays,
             )
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise RunError(f"cannot read the checkpoint {path}: {exc}") from exc
 
 

@@ -3,6 +3,9 @@
     qfl run CONFIG [--set section.key=value ...] [--tracking-uri URI] [--address ADDR]
             [--resume RUN_ID]
     qfl validate CONFIG [--set ...]      # check and print the resolved config
+    qfl sweep CONFIG --grid key=v1,v2 [--grid ...] [--seeds N] [--set ...] [--experiment NAME]
+            [--tracking-uri URI] [--address ADDR] [--parallel K]   # a grid of runs on Ray
+    qfl report EXPERIMENT [--out DIR] [--tracking-uri URI] [--target ACC]   # HTML + Markdown
 
 Exit codes: 0 success, 1 a run that failed, 2 a bad config or usage (before any work),
 130 interrupted.
@@ -21,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipelines.config import ExperimentConfig, dump_config, load_config, with_ibm_token
+from pipelines.report import add_report_parser, run_report_command
 from qfl.errors import ConfigError, QflError
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 1, 2, 130
@@ -46,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate = commands.add_parser("validate", help="check a config and print it resolved")
     _config_args(validate)
+    from pipelines.sweep_cli import add_sweep_parser
+
+    _config_args(add_sweep_parser(commands))
     _ledger_parser(commands)
+    add_report_parser(commands)
     return parser
 
 
@@ -82,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=False)
     errors = Console(stderr=True)
     try:
+        if args.command == "report":
+            return run_report_command(args, console, errors)
+        if args.command == "sweep":
+            from pipelines.sweep_cli import run_sweep_command
+
+            return run_sweep_command(args, console, errors)
         if args.command == "ledger":
             from pipelines.ledger_cli import run_ledger_command
 

@@ -21,7 +21,9 @@ from federated.aggregate import AggregationConfig
 from federated.attacks import AttackConfig, num_attackers
 from federated.crosscheck import CrossCheckConfig
 from federated.data import DATASETS, PARTITIONS
+from federated.energy import EnergyConfig
 from federated.models import ModelConfig
+from federated.network import NetworkConfig
 from federated.privacy import PrivacyConfig
 from federated.secagg import SecAggConfig, check_secagg_config
 from federated.train import TrainConfig
@@ -151,6 +153,10 @@ class ExperimentConfig(_Section):
     )
     privacy: PrivacyConfig = PrivacyConfig()
     secagg: SecAggConfig = SecAggConfig()
+    network: NetworkConfig = Field(
+        NetworkConfig(), description="simulated links, compute speeds, round deadline (off)"
+    )
+    energy: EnergyConfig = Field(EnergyConfig(), description="energy and CO2 per round (on)")
     ledger: LedgerConfig = LedgerConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -240,6 +246,17 @@ class ExperimentConfig(_Section):
                 resource.check_fits(self.quantum.qubits)
         return self
 
+    @model_validator(mode="after")
+    def _energy_fits(self) -> ExperimentConfig:
+        names = {r.name for r in self.resources}
+        for name in self.energy.resource_joules_per_shot:
+            if name not in names:
+                raise ValueError(
+                    f"energy.resource_joules_per_shot: {name!r} is not a configured resource "
+                    f"(resources: {sorted(names) or 'none'})"
+                )
+        return self
+
     def flat(self) -> dict[str, str]:
         """Dotted-key view of the resolved config, e.g. {'federation.rounds': '10'}."""
         return dict(_flatten(self.model_dump(mode="json")))
@@ -248,7 +265,7 @@ class ExperimentConfig(_Section):
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
     for key, value in tree.items():
         path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:  # an empty mapping is one leaf, '{}'
             yield from _flatten(value, f"{path}.")
         else:
             yield path, "null" if value is None else str(value)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +37,25 @@ from federated.models import build_model, get_flat, quantum_param_mask, set_flat
 from federated.privacy import PrivacyAccountant, noise_rng, resolve_noise_multiplier, sample_rate
 from federated.sampling import client_seed, round_rng, sample_clients
 from federated.train import evaluate
-from ledger.keeper import RoundClosed, RoundPlan, SigningSpec
+from ledger.keeper import RoundClosed, RoundPlan, SigningSpec, placement_for
 from ledger.keys import master_secret_from_run_seed
 from ledger.records import Fallback
+from ledger.store import head_height as ledger_head_height
 from pipelines.checkpoint import (
     Checkpoint,
     append_round,
     load_checkpoint,
+    promote_checkpoint,
     save_checkpoint,
+    save_pending,
     truncate_rounds,
 )
+from pipelines.conditions import RoundConditions
 from pipelines.config import ExperimentConfig, RayConfig, dump_config
 from pipelines.orchestration import Orchestrator, advantage_metrics, exact_quantum
 from pipelines.plots import convergence_plot
 from pipelines.scheduler import SchedulePlan
-from pipelines.secure_round import start_secure_round
+from pipelines.secure_round import secagg_ledger_metrics, start_secure_round
 from pipelines.tracking import Tracker, git_commit
 from qfl.errors import RunError
 from quantum.monitor import MonitorSnapshot
@@ -245,16 +249,22 @@ class Federation:
         self.master_secret = master_secret_from_run_seed(config.seed)
         self.privacy = self._start_privacy()
         self.orchestrator, self.monitor = self._start_orchestration()
+        self.conditions = RoundConditions.from_config(  # simulated network, energy account
+            config, None if resume is None else resume.state.get("conditions")
+        )
         if resume is not None:
             self._restore(resume)
         self._snapshot: MonitorSnapshot | None = None  # the monitor's view of the next round
         self._plan: SchedulePlan | None = None  # the current round's plan
         self.keeper, signing = None, None
+        self.validator_placement: str | None = None  # resolved by `_start_ledger`
         self._next_plan: RoundPlan | None = None  # the round the last closing block opened
         if config.ledger.enabled and ledger_path is not None:
             self.keeper, signing = self._start_ledger(run_id, ledger_path, resume is not None)
         self.crypto_backend = None if signing is None else signing.backend
-        self._closing: ray.ObjectRef | None = None  # the previous round's closing block
+        self._closing: ray.ObjectRef | None = None  # the closing block being certified
+        self._deferred: Callable[[], None] | None = None  # the last round's commit
+        self._uncertified = False  # a closing block begun and not yet sent to certify
         self._open_height = -1
         quantum = config.quantum
         if self.orchestrator is not None and quantum is not None:
@@ -287,6 +297,7 @@ class Federation:
             master_secret=self.master_secret,
             backend=self.crypto_backend,
             num_params=self.weights.size,
+            keeper=self.keeper,  # rosters take the clients' keys from its Genesis
         )
         if resume is not None and resume.arrays:
             optimizer = {k.removeprefix("optimizer."): v for k, v in resume.arrays.items()}
@@ -313,6 +324,7 @@ class Federation:
         }
         if self.orchestrator is not None:
             state["orchestrator"] = self.orchestrator.state()
+        state["conditions"] = self.conditions.state()
         return Checkpoint(round=round_, weights=self.weights, state=state, arrays=arrays)
 
     def _restore(self, checkpoint: Checkpoint) -> None:
@@ -385,6 +397,14 @@ class Federation:
         """Write genesis (keys from the run seed), or reopen a resumed run's ledger; return
         the keeper and the signing spec."""
         master = self.master_secret
+        ledger = self.config.ledger
+        ray_config = self.config.ray
+        self.validator_placement = placement_for(
+            ledger.validator_placement,
+            cluster_cpus=ray.cluster_resources().get("CPU", 0.0),
+            runner_cpus=ray_config.runners * ray_config.runner_num_cpus,
+            validators=ledger.validators,
+        )
         keeper = LedgerKeeperActor.remote(
             path,
             run_id=run_id,
@@ -392,9 +412,10 @@ class Federation:
             n_clients=self.config.federation.clients,
             num_params=self.weights.size,
             config_bytes=dump_config(self.config).encode(),
-            config=self.config.ledger,
+            config=ledger.model_copy(update={"validator_placement": self.validator_placement}),
             seed=self.config.seed,
             resume=resume,
+            register_kem_keys=self.config.secagg.enabled,  # Genesis.kem_keys for secagg
         )
         backend = self._get(keeper.backend.remote())
         if resume:
@@ -420,7 +441,6 @@ class Federation:
             rng = round_rng(self.config.seed, t)
             sampled = (sample or sample_clients)(fed.clients, fed.per_round, rng)
         else:
-            self.settle()
             if self._next_plan is not None and self._next_plan.round == t:
                 plan = self._next_plan
             else:
@@ -449,27 +469,37 @@ class Federation:
         tasks = self.tasks(t, self.sample(t))
         weights_ref = ray.put(self.weights)
         sizes = [len(self.data.client_indices[task.client_id]) for task in tasks]
-        pool = self.pool if self.secure is None else self.secure  # secure: masked inputs only
-        result = pool.run_round(weights_ref, tasks, self.config.ray.round_timeout_s, sizes)
+        timeout = self.config.ray.round_timeout_s
+        if self.secure is None:  # the previous round commits while this one trains
+            result = self.pool.run_round(weights_ref, tasks, timeout, sizes, during=self.commit)
+        else:  # masked inputs only; the secure round's stages run one after another
+            self.commit()
+            result = self.secure.run_round(weights_ref, tasks, timeout, sizes)
+        times = {"time.train_s": time.perf_counter() - round_start}
+        result = self.conditions.apply(t, self.weights.nbytes, result)  # stragglers: failures
         ledger = LedgerRound()
         accepted_ids = {u.client_id for u in result.updates}
+        phase = time.perf_counter()
+        # The round's updates as one object in the store, serialised once: the ledger
+        # keeper checks them and the aggregator averages the accepted ones from it.
+        batch = ray.put(result.updates) if result.updates else None
         if self.keeper is not None and result.updates:
-            # one batch object: resolving a hundred refs one by one costs more than the checks
-            admitted = self.keeper.admit.remote(result.updates)
+            admitted = self.keeper.admit.remote(batch)
             admitted_ids, rejections, ledger.verify_seconds = self._get(admitted)
             accepted_ids = set(admitted_ids)
             ledger.rejected = len(rejections)
         accepted = [u for u in result.updates if u.client_id in accepted_ids]
         aggregation: dict[str, float] = {}
+        times["time.ledger_s"], phase = _since(phase)
         if self.secure is not None:  # unmask the sum of the admitted masked inputs
             self.weights, aggregation = self.secure.aggregate(
                 t, self.weights, accepted_ids, result, self._private_step(t, len(tasks))
             )
         elif accepted:
-            # the updates as values (the driver holds them): cheaper than a ref per client
             aggregated = self.aggregator.aggregate_with_info.remote(
                 weights_ref,
-                *accepted,
+                batch,
+                accepted=accepted_ids,
                 reliability=self._reliability(accepted_ids),
                 private=self._private_step(t, len(tasks)),
             )
@@ -478,24 +508,32 @@ class Federation:
         if self.privacy is not None:
             self.privacy.step()  # the round released an aggregate: it spends budget
             aggregation |= self.privacy.metrics()
+        times["time.aggregate_s"], phase = _since(phase)
         ledger.accepted = len(accepted)
         ledger.sign_seconds = sum(u.sign_seconds for u in result.updates)
         record = _record(
             t + 1, self.model, self.weights, self.data, result, len(tasks), round_start, ledger
         )
+        times["time.eval_s"], phase = _since(phase)
         fallbacks, extra = (), aggregation | _quantum_work(result.updates)
+        extra |= self.conditions.metrics()  # net.* and energy.* (server time up to here)
         if self.orchestrator is not None:
             fallbacks, orchestration = self._after_round(t, result, accepted_ids, last)
             extra = extra | orchestration
-        record = record.model_copy(update={"extra": extra})
+        phase = time.perf_counter()
         if self.keeper is not None:
-            # Certified in the background while the driver logs and checkpoints; the next
-            # round (or close_ledger) waits for it and surfaces its errors.
-            # Unless this is the last round, the closing block also opens round t+1.
+            # The closing block's beacon and transactions are fixed now (unless this is
+            # the last round, it also opens round t+1: the plan is final); `certify`
+            # certifies it in the background while the next round trains, and `settle`
+            # (the round's commit) waits for it and surfaces its errors.
             metrics = {"test_accuracy": record.test_accuracy, "test_loss": record.test_loss}
-            self._closing = self._close(t, metrics, fallbacks, last)
-            record = record.model_copy(update={"ledger_height": self._open_height + 1})
-        return record, result
+            metrics |= secagg_ledger_metrics(aggregation)  # secagg_failed, ... (if secagg)
+            closed: RoundClosed = self._get(self._close(t, metrics, fallbacks, last))
+            self._next_plan = closed.next
+            self._uncertified = True
+            record = record.model_copy(update={"ledger_height": closed.height})
+        times["time.ledger_s"] += time.perf_counter() - phase
+        return record.model_copy(update={"extra": extra | times}), result
 
     def _reliability(self, clients: set[int]) -> dict[int, float] | None:
         if self.orchestrator is None:
@@ -531,18 +569,38 @@ class Federation:
             next_round=following,
             sample=sample,
             assign=assign,
+            certify=False,
         )
 
+    def certify(self) -> None:
+        """Start certifying the closing block `step` began (in the background)."""
+        if self._uncertified:
+            self._uncertified = False
+            self._closing = self.keeper.finish.remote()
+
     def settle(self) -> None:
-        """Wait for the previous round's closing block (raises its error, if any)."""
+        """Wait for the last closing block to be certified (raises its error, if any)."""
+        self.certify()
         if self._closing is None:
             return
         closing, self._closing = self._closing, None
-        closed: RoundClosed = self._get(closing)
-        self._next_plan = closed.next
+        self._get(closing)
+
+    def defer(self, commit: Callable[[], None]) -> None:
+        """Run `commit` (the last round's commit: `settle`, checkpoint, metrics) at the
+        next `commit` call: while the next round trains, or at the end of the run."""
+        self.commit()
+        self._deferred = commit
+
+    def commit(self) -> None:
+        """Run the deferred commit, if any."""
+        commit, self._deferred = self._deferred, None
+        if commit is not None:
+            commit()
 
     def close_ledger(self) -> tuple[int, bytes] | None:
         """Close the ledger file; returns its head (height, hash)."""
+        self.commit()
         if self.keeper is None:
             return None
         self.settle()
@@ -577,7 +635,10 @@ def _round_loop(
     ledger_path = run_dir / "ledger.db"
     checkpoint, history = None, []
     if resuming:
-        checkpoint = load_checkpoint(run_dir)
+        head = None
+        if config.ledger.enabled and ledger_path.is_file():
+            head = ledger_head_height(ledger_path)
+        checkpoint = load_checkpoint(run_dir, head)
         history = _recover_history(run_dir, tracker, checkpoint.round)
     federation = Federation(
         config, data, run_id=tracker.run_id, ledger_path=ledger_path, resume=checkpoint
@@ -585,7 +646,12 @@ def _round_loop(
     if checkpoint is None:
         save_checkpoint(run_dir, federation.checkpoint(0))
     if federation.crypto_backend is not None:
-        tracker.set_tags({"ledger.crypto_backend": federation.crypto_backend})
+        tracker.set_tags(
+            {
+                "ledger.crypto_backend": federation.crypto_backend,
+                "ledger.validator_placement": federation.validator_placement,
+            }
+        )
     for t in range(len(history), config.federation.rounds):
         last = t == config.federation.rounds - 1
         record = run_round(federation, tracker, run_dir, t, last=last)
@@ -618,15 +684,20 @@ def _round_loop(
 def run_round(
     federation: Federation, tracker: Tracker, run_dir: Path, t: int, *, last: bool = False
 ) -> RoundRecord:
-    """One committed round: step, its ledger block, rounds.jsonl, checkpoint, then MLflow.
+    """One round: step, rounds.jsonl; then its commit: ledger block, checkpoint, MLflow.
 
     The checkpoint is the commit point. The round's ledger block is certified before it
     and its MLflow metrics are logged after it, so a crash never leaves a committed round
     without its block, nor metrics of a round that did not commit (a resumed run logs
-    the committed rounds' metrics that MLflow is missing from rounds.jsonl).
+    the committed rounds' metrics that MLflow is missing from rounds.jsonl). The commit
+    is deferred: it runs while the next round trains (`Federation.defer`), or now for the
+    last round; `Federation.close_ledger` runs one still pending.
     """
     record, result = federation.step(t, last=last)
-    federation.settle()
+    checkpoint = federation.checkpoint(record.round)  # this round's state, saved at commit
+    if federation.keeper is not None:  # on disk before its block can be stored
+        save_pending(run_dir, checkpoint, record.ledger_height)
+        federation.certify()
     failures = [f.model_dump() for f in result.failures]
     fallbacks = [
         {"client_id": u.client_id, "resource": u.resource, "reason": u.fallback_reason}
@@ -634,8 +705,20 @@ def run_round(
         if u.path == "fallback"
     ]
     append_round(run_dir, {**record.model_dump(), "failures": failures, "fallbacks": fallbacks})
-    save_checkpoint(run_dir, federation.checkpoint(record.round))
-    tracker.log_metrics(record.round, record.metrics(), int(time.time() * 1000))
+
+    def commit() -> None:
+        metrics = record.metrics()
+        if federation.keeper is not None:
+            federation.settle()
+            promote_checkpoint(run_dir)
+            metrics["ledger.bytes"] = _file_bytes(run_dir / "ledger.db")
+        else:
+            save_checkpoint(run_dir, checkpoint)
+        tracker.log_metrics(record.round, metrics, int(time.time() * 1000))
+
+    federation.defer(commit)
+    if last:
+        federation.commit()
     return record
 
 
@@ -650,6 +733,18 @@ def _recover_history(run_dir: Path, tracker: Tracker, committed: int) -> list[Ro
             tracker.log_metrics(record.round, record.metrics(), int(time.time() * 1000))
     tracker.flush()
     return records
+
+
+def _file_bytes(path: Path) -> float:
+    """Bytes of an SQLite database with its write-ahead log (blocks not yet merged)."""
+    wal = path.with_name(path.name + "-wal")
+    return float(sum(p.stat().st_size for p in (path, wal) if p.exists()))
+
+
+def _since(start: float) -> tuple[float, float]:
+    """(seconds since `start`, now)."""
+    now = time.perf_counter()
+    return now - start, now
 
 
 def _quantum_work(updates) -> dict[str, float]:

@@ -58,12 +58,25 @@ Per round MLflow gets secagg_failed, secagg_included (|U3|), secagg_dropped (sam
 clients whose input is not in the sum), secagg_recovered, secagg_threshold,
 secagg_seconds (driver wall time of the protocol outside local training: sharing,
 masking, unmasking, the server's unmasking and step) and secagg_key_exchange_seconds
-(the clients' key-exchange time, summed; it runs inside the training calls).
+(the clients' key-exchange time, summed; it runs inside the training calls). The
+round's RoundClose on the ledger records the counts among them (`LEDGER_METRICS`, via
+`secagg_ledger_metrics`; no timings), so an aborted round is on the ledger too.
 
 Keys. Each client's ML-KEM-768 encapsulation key and ML-DSA-65 key derive from the run's
-master secret (`federated.secagg.kem_public_key`, `ledger.keeper.client_signer`); the
-ML-DSA keys are the ledger's registry, the ML-KEM keys are not on the ledger yet (that
-needs a Genesis field).
+master secret (`ledger.keeper.client_kem_key`, `ledger.keeper.client_signer`). With a
+ledger, its Genesis registers both for every client (`Genesis.clients`,
+`Genesis.kem_keys`) and the roster takes them from there (`RosterKeys.from_genesis`): the
+driver re-derives nothing, and a client whose own key differs from the registered one
+(a key substituted at registration) refuses the round in its first step (`SecAggClient`
+compares them), so it is a dropout and no pair key is ever agreed with the substitute.
+Without a ledger there is no registry: the driver derives both keys from the master
+secret (`RosterKeys.derived`), as the clients do.
+
+Key agreement. Each client signs its key exchange (ML-DSA-65 under its registered key,
+context `federated.secagg.CTX_SECAGG`) over the SHA-256 digest of every ML-KEM
+ciphertext and its commitments; the server drops an exchange whose signature or
+ciphertext digests do not check (the sender is not in U1), and each recipient checks them
+again before decapsulating.
 """
 
 from __future__ import annotations
@@ -72,7 +85,7 @@ import functools
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import ray
@@ -97,9 +110,85 @@ from federated.secagg import (
 )
 from ledger.crypto import Verifier, resolve_backend
 from ledger.keeper import client_signer
+from ledger.records import Genesis
 from qfl.errors import TrainingError
 
 KEY_CACHE = 4096  # clients' public keys kept by the driver
+# the counts a round's RoundClose records on the ledger (no timings: ledger bytes stay
+# reproducible); secagg_failed = 1 marks a round aborted with fewer than t clients
+LEDGER_METRICS = (
+    "secagg_failed",
+    "secagg_included",
+    "secagg_dropped",
+    "secagg_recovered",
+    "secagg_threshold",
+)
+
+
+def secagg_ledger_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The secure-aggregation counts among a round's `metrics`, for its RoundClose
+    (empty for a round without secure aggregation)."""
+    return {k: metrics[k] for k in LEDGER_METRICS if k in metrics}
+
+
+@dataclass(frozen=True)
+class RosterKeys:
+    """Where a round's roster gets each client's public keys, and which source that is.
+
+    `kem(k)`: client k's ML-KEM-768 encapsulation key; `signing(k)`: its ML-DSA-65 key.
+    """
+
+    kem: Callable[[int], bytes]
+    signing: Callable[[int], bytes]
+    source: Literal["ledger", "derived"]
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis) -> RosterKeys:
+        """The keys the ledger's Genesis registers; TrainingError if it has no KEM keys."""
+        if not genesis.kem_keys:
+            raise TrainingError(
+                f"the ledger of run {genesis.run_id} registers no ML-KEM keys: secure "
+                "aggregation needs a Genesis written with them (register_kem_keys)"
+            )
+        kem, signing = dict(genesis.kem_keys), dict(genesis.clients)
+        return cls(
+            kem=functools.partial(_registered, kem, "ML-KEM-768"),
+            signing=functools.partial(_registered, signing, "ML-DSA-65"),
+            source="ledger",
+        )
+
+    @classmethod
+    def derived(cls, master_secret: bytes, backend: str) -> RosterKeys:
+        """No ledger: both keys derived from the master secret (cached per client)."""
+        return cls(
+            kem=functools.lru_cache(maxsize=KEY_CACHE)(
+                functools.partial(kem_public_key, master_secret)
+            ),
+            signing=functools.lru_cache(maxsize=KEY_CACHE)(
+                lambda k: client_signer(master_secret, k, backend).public_key
+            ),
+            source="derived",
+        )
+
+
+def _registered(keys: Mapping[int, bytes], what: str, client_id: int) -> bytes:
+    key = keys.get(client_id)
+    if key is None:
+        raise TrainingError(f"client {client_id} has no {what} key on the ledger")
+    return key
+
+
+def build_roster(
+    config: SecAggConfig, keys: RosterKeys, round_: int, clients: Iterable[int]
+) -> Roster:
+    """Round `round_`'s participants with their public keys (from `keys`) and t."""
+    ids = sorted(clients)
+    return Roster(
+        round=round_,
+        threshold=threshold_count(config, len(ids)),
+        kem_keys={k: keys.kem(k) for k in ids},
+        signing_keys={k: keys.signing(k) for k in ids},
+    )
 
 
 @dataclass
@@ -122,7 +211,9 @@ class SecureRound:
     `run_round` has `ClientPool.run_round`'s signature: it trains, runs the protocol up to
     the masked inputs and returns them as `ClientUpdate`s for the ledger (digest carriers,
     no plain update); `aggregate` then unmasks the sum of the admitted ones and steps the
-    model with the aggregator's server optimizer.
+    model with the aggregator's server optimizer. `keys`: where rosters get the clients'
+    public keys (the ledger's Genesis, `RosterKeys.from_genesis`); None: derived from the
+    master secret (a run without a ledger).
     """
 
     def __init__(
@@ -137,6 +228,7 @@ class SecureRound:
         backend: str,
         num_params: int,
         timeout_s: float,
+        keys: RosterKeys | None = None,
     ):
         if not config.enabled:
             raise TrainingError("SecureRound needs secagg.enabled")
@@ -153,23 +245,12 @@ class SecureRound:
             master_secret=master_secret, backend=backend, scale=config.scale, clip=clip
         )
         self._verifier = Verifier(backend)
-        self._kem_key = functools.lru_cache(maxsize=KEY_CACHE)(
-            functools.partial(kem_public_key, master_secret)
-        )
-        self._signing_key = functools.lru_cache(maxsize=KEY_CACHE)(
-            lambda k: client_signer(master_secret, k, backend).public_key
-        )
+        self.keys = keys if keys is not None else RosterKeys.derived(master_secret, backend)
         self._pending: _Pending | None = None
 
     def roster(self, round_: int, clients: Iterable[int]) -> Roster:
         """Round `round_`'s participants with their public keys and the threshold t."""
-        ids = sorted(clients)
-        return Roster(
-            round=round_,
-            threshold=threshold_count(self.config, len(ids)),
-            kem_keys={k: self._kem_key(k) for k in ids},
-            signing_keys={k: self._signing_key(k) for k in ids},
-        )
+        return build_roster(self.config, self.keys, round_, clients)
 
     # ------------------------------------------------------------ steps 1-3
 
@@ -410,14 +491,21 @@ def start_secure_round(
     master_secret: bytes,
     backend: str | None,
     num_params: int,
+    keeper: Any = None,
 ) -> SecureRound | None:
     """The run's `SecureRound` when `config.secagg.enabled`, else None.
 
     `config` is the `ExperimentConfig`; `backend` the ledger's resolved signature backend
-    (None without a ledger: `config.ledger.backend` is resolved).
+    (None without a ledger: `config.ledger.backend` is resolved); `keeper` the run's
+    `LedgerKeeperActor` (None without a ledger): rosters then take the clients' keys from
+    its Genesis, which must register KEM keys (`register_kem_keys`).
     """
     if not config.secagg.enabled:
         return None
+    keys = None
+    if keeper is not None:
+        genesis = ray.get(keeper.genesis.remote(), timeout=config.ray.round_timeout_s)
+        keys = RosterKeys.from_genesis(genesis)
     return SecureRound(
         config.secagg,
         pool,
@@ -428,4 +516,5 @@ def start_secure_round(
         backend=backend or config.ledger.backend,
         num_params=num_params,
         timeout_s=config.ray.round_timeout_s,
+        keys=keys,
     )

@@ -25,7 +25,13 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 MASTER = master_secret_from_run_seed(11)
 P = 6
 N = 5
-CONFIG = LedgerConfig(validators=4, backend="cryptography", qrng="seeded", validator_timeout_s=60)
+CONFIG = LedgerConfig(
+    validators=4,
+    backend="cryptography",
+    qrng="seeded",
+    validator_timeout_s=60,
+    validator_placement="actors",
+)
 
 
 @ray.remote(num_cpus=0)

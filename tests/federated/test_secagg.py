@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +30,7 @@ from federated.secagg import (
     round_secret,
     threshold_count,
 )
-from ledger.crypto import signer_from_seed
+from ledger.crypto import SignatureError, Verifier, signer_from_seed
 from ledger.keys import derive_seed
 from qfl.errors import ConfigError
 
@@ -311,6 +313,134 @@ def test_swapped_ciphertext_is_detected(keys):
     tampered = first.model_copy(update={"ciphertexts": tuple(swapped)})
     with pytest.raises(SecAggError, match="digest"):
         clients[first.recipients[0]].share_keys([tampered, *messages[1:]])
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x04]) + data[at + 1 :]
+
+
+def _flip_field(message: secagg.KeyExchange, field: str) -> secagg.KeyExchange:
+    """`message` with one bit changed in `field` (in its first entry for a tuple)."""
+    value = getattr(message, field)
+    if isinstance(value, tuple):
+        value = (_flip(value[0], len(value[0]) // 2), *value[1:])
+    else:
+        value = _flip(value, len(value) // 2)
+    return message.model_copy(update={field: value})
+
+
+def test_key_exchanges_are_ml_dsa_65_signatures_over_the_ciphertext_digests(keys):
+    roster = keys.roster()
+    message = make_clients(keys, roster)[IDS[0]].key_exchange()
+    assert len(message.signature) == 3309  # an ML-DSA-65 signature (FIPS 204)
+    assert all(len(c) == secagg.KEM_CIPHERTEXT_BYTES for c in message.ciphertexts)
+    assert message.digests == tuple(hashlib.sha256(c).digest() for c in message.ciphertexts)
+    signed = message.signed_message()
+    assert all(d in signed for d in message.digests)
+    Verifier().verify(roster.signing_keys[IDS[0]], signed, message.signature, secagg.CTX_SECAGG)
+    with pytest.raises(SignatureError):  # another client's registered key
+        Verifier().verify(roster.signing_keys[IDS[1]], signed, message.signature, secagg.CTX_SECAGG)
+
+
+@pytest.mark.parametrize(
+    "field", ["ciphertexts", "signature", "digests", "pair_commitments", "self_commitment"]
+)
+def test_a_flipped_bit_in_a_key_exchange_drops_its_sender_and_the_sum_stays_exact(keys, field):
+    """Ciphertexts are bound by their signed digests, the rest by the ML-DSA-65 signature:
+    the server leaves the sender out of U1, and a recipient that got the altered message
+    anyway refuses it; the round goes on without the sender and its sum is exact."""
+    roster = keys.roster()
+    clients = make_clients(keys, roster)
+    messages = [clients[k].key_exchange() for k in IDS]
+    sender = IDS[1]  # ciphertexts to every higher id, and a lower one (IDS[0]) to accept
+    tampered = _flip_field(messages[1], field)
+    assert tampered != messages[1]
+    recipient = make_clients(keys, roster)[tampered.recipients[0]]  # its ciphertext changed
+    recipient.key_exchange()
+    with pytest.raises(SecAggError, match="digest|signature"):
+        recipient.share_keys([*messages[:1], tampered, *messages[2:]])
+    server = SecAggServer(roster, scale=SCALE)
+    exchanges = server.receive_key_exchanges([*messages[:1], tampered, *messages[2:]])
+    assert sender not in server.u1 and len(server.u1) == len(IDS) - 1
+    assert re.search("digest|signature", server.rejected[sender])
+    survivors = server.u1
+    deliveries = server.route_shares([clients[k].share_keys(exchanges) for k in survivors])
+    xs = updates(seed=11)
+    request = server.collect_masked([clients[k].mask(deliveries[k], xs[k]) for k in survivors])
+    result = server.finish([clients[k].unmask(request) for k in request.survivors])
+    assert result.included == survivors
+    np.testing.assert_array_equal(result.fixed_point_total, fixed_sum(xs, survivors))
+
+
+def test_a_substituted_kem_key_on_the_ledger_keeps_its_client_out_of_every_pair(keys):
+    """A man in the middle registered its own encapsulation key for client v: v finds its
+    key is not the registered one and refuses the round; the others' ciphertexts to the
+    substitute key are never used (v is not in U1), and their sum is exact."""
+    victim = IDS[3]
+    attacker = kem_public_key(bytes(range(32)), victim)  # another master secret's key
+    honest = keys.roster()
+    roster = honest.model_copy(update={"kem_keys": {**honest.kem_keys, victim: attacker}})
+    with pytest.raises(SecAggError, match="registered key"):
+        SecAggClient(
+            victim,
+            roster,
+            kem_seed=kem_seed(MASTER, victim),
+            signer=keys.signers[victim],
+            secret=round_secret(MASTER, victim, roster.round),
+            scale=SCALE,
+        )
+    others = tuple(k for k in IDS if k != victim)
+    clients = {
+        k: SecAggClient(
+            k,
+            roster,
+            kem_seed=kem_seed(MASTER, k),
+            signer=keys.signers[k],
+            secret=round_secret(MASTER, k, roster.round),
+            scale=SCALE,
+        )
+        for k in others
+    }
+    server = SecAggServer(roster, scale=SCALE)
+    exchanges = server.receive_key_exchanges([clients[k].key_exchange() for k in others])
+    assert server.u1 == others
+    deliveries = server.route_shares([clients[k].share_keys(exchanges) for k in others])
+    xs = updates(seed=12)
+    request = server.collect_masked([clients[k].mask(deliveries[k], xs[k]) for k in others])
+    result = server.finish([clients[k].unmask(request) for k in others])
+    np.testing.assert_array_equal(result.fixed_point_total, fixed_sum(xs, others))
+
+
+def test_substituted_kem_keys_below_the_threshold_abort_the_round(keys):
+    victims = IDS[:4]  # t = 5 of 8: four refusing clients leave too few
+    roster = keys.roster()
+    substitutes = {k: kem_public_key(bytes(range(32)), k) for k in victims}
+    roster = roster.model_copy(update={"kem_keys": {**roster.kem_keys, **substitutes}})
+    for k in victims:
+        with pytest.raises(SecAggError, match="registered key"):
+            SecAggClient(
+                k,
+                roster,
+                kem_seed=kem_seed(MASTER, k),
+                signer=keys.signers[k],
+                secret=bytes(32),
+                scale=SCALE,
+            )
+    rest = [
+        SecAggClient(
+            k,
+            roster,
+            kem_seed=kem_seed(MASTER, k),
+            signer=keys.signers[k],
+            secret=round_secret(MASTER, k, roster.round),
+            scale=SCALE,
+        )
+        for k in IDS[4:]
+    ]
+    server = SecAggServer(roster, scale=SCALE)
+    with pytest.raises(SecAggAborted, match="key_exchange") as info:
+        server.receive_key_exchanges([c.key_exchange() for c in rest])
+    assert (info.value.failure.available, info.value.failure.threshold) == (4, 5)
 
 
 def test_client_refuses_bad_unmask_requests(keys):

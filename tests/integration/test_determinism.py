@@ -80,7 +80,9 @@ def _ledger(path, signatures: str) -> tuple[bytes, list]:
         n_clients=6,
         num_params=P,
         config_bytes=b"config",
-        config=LedgerConfig(backend="liboqs", signatures=signatures),  # aer QRNG, actors
+        config=LedgerConfig(  # aer QRNG, validator actors
+            backend="liboqs", signatures=signatures, validator_placement="actors"
+        ),
         seed=5,
     )
     plan = ray.get(keeper.open_round.remote(0, 6, 4))

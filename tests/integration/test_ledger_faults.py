@@ -63,9 +63,9 @@ def _run(tmp_path, monkeypatch, name, *, spy, observer=None):
             f"output.runs_dir={tmp_path / 'runs'}",
             f"tracking.run_name={name}",
             "ledger.validator_timeout_s=60",
+            "ledger.validator_placement=actors",  # the validators are the actors it kills
         ],
     )
-    assert config.ledger.validator_placement == "actors"  # the default
     monkeypatch.setattr(pipelines.run, "LedgerKeeperActor", spy)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return run_experiment(config, tracking_uri=uri, observer=observer), uri

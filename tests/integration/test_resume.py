@@ -127,3 +127,46 @@ def test_resume_of_an_unknown_run_is_a_clear_error(tmp_path):
     out, _ = process.communicate(timeout=300)
     assert process.returncode == 1 and "no run folder" in out
     assert not (REPO / "runs" / "no-such-run").exists()
+
+
+def test_a_crash_between_a_block_and_its_checkpoint_resumes_from_the_block(
+    tmp_path, ray_local, monkeypatch, clean_env
+):
+    """The window the pending checkpoint covers: round 3's closing block is stored, its
+    checkpoint not yet renamed into place. The resumed run takes the pending checkpoint
+    (its block is on the ledger), so the ledger is never a round ahead of the state."""
+    import pipelines.run as run_module
+    from pipelines.checkpoint import PENDING, load_checkpoint
+    from pipelines.config import load_config
+    from pipelines.run import run_experiment
+
+    def config(folder: str):
+        return load_config(QUICKSTART, [*COMMON, f"output.runs_dir={tmp_path / folder}"])
+
+    promote, commits = run_module.promote_checkpoint, []
+
+    def crash_on_the_third(run_dir):
+        commits.append(run_dir)
+        if len(commits) == 3:
+            raise KeyboardInterrupt  # as a kill would, after block 3 and before the rename
+        return promote(run_dir)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr(run_module, "promote_checkpoint", crash_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config("runs"), tracking_uri=uri)
+    monkeypatch.setattr(run_module, "promote_checkpoint", promote)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / PENDING).is_file()
+    assert verify_ledger(run_dir / "ledger.db").rounds_closed == 3  # the block is stored
+
+    resumed = run_experiment(config("runs"), tracking_uri=uri, resume=run_dir.name)
+    reference = run_experiment(config("reference"), tracking_uri=uri)
+
+    assert resumed.weights_hash == reference.weights_hash
+    assert load_checkpoint(run_dir).round == ROUNDS
+    report = verify_ledger(run_dir / "ledger.db", head=bytes.fromhex(resumed.ledger_head))
+    assert report.rounds_closed == ROUNDS
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(run_dir.name, "test_accuracy")]
+    assert sorted(steps) == list(range(1, ROUNDS + 1))  # none missing, none twice
+    assert [r["round"] for r in read_rounds(run_dir)] == list(range(1, ROUNDS + 1))

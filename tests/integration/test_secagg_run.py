@@ -17,13 +17,19 @@ import ray
 from conftest import REPO
 from mlflow.tracking import MlflowClient
 
+from actors.aggregator import AggregatorActor
+from actors.pool import ClientPool
+from federated.aggregate import AggregationConfig
 from federated.client import ClientRunner, SecAggSpec
 from federated.data import build_federated_data
 from federated.messages import ClientTask
 from federated.models import ModelConfig, build_model, get_flat
+from federated.privacy import PrivacyConfig
 from federated.secagg import (
     MaskedInput,
     Roster,
+    SecAggConfig,
+    SecAggError,
     SecAggServer,
     digest_carrier,
     kem_public_key,
@@ -32,13 +38,16 @@ from federated.secagg import (
 from federated.train import TrainConfig
 from ledger.contract import Contract
 from ledger.crypto import Verifier, resolve_backend
-from ledger.keeper import SigningSpec, client_public_keys
+from ledger.keeper import LedgerConfig, LedgerKeeper, SigningSpec, client_public_keys
 from ledger.keys import master_secret_from_run_seed
+from ledger.records import Genesis
+from ledger.store import open_readonly
 from pipelines.cli import main as cli_main
 from pipelines.config import ExperimentConfig, load_config
 from pipelines.run import Federation, run_round
+from pipelines.secure_round import RosterKeys, SecureRound, build_roster
 from pipelines.tracking import Tracker
-from qfl.errors import ConfigError
+from qfl.errors import ConfigError, TrainingError
 
 CONFIG = REPO / "configs" / "secagg.yaml"
 CLIENTS = 10
@@ -53,6 +62,7 @@ class Run:
     sessions: list[int]  # secure state held by each live runner after the run
     ledger: Path | None
     scale: float
+    key_source: str | None  # where the rosters' keys came from (None: no secure rounds)
 
 
 def _config(tmp: Path, *overrides: str) -> ExperimentConfig:
@@ -87,6 +97,7 @@ def _run(tmp: Path, *overrides: str, faults=()) -> Run:
     run_dir.mkdir(parents=True)
     ledger_path = run_dir / "ledger.db"
     federation = Federation(config, data, run_id=tracker.run_id, ledger_path=ledger_path)
+    key_source = None if federation.secure is None else federation.secure.keys.source
     try:
         actors = federation.pool.actors
         ray.get([a.inject_fault.remote(*fault) for fault in faults for a in actors])
@@ -118,6 +129,7 @@ def _run(tmp: Path, *overrides: str, faults=()) -> Run:
         sessions=sessions,
         ledger=ledger_path if config.ledger.enabled else None,
         scale=config.secagg.scale,
+        key_source=key_source,
     )
 
 
@@ -241,6 +253,153 @@ def test_runner_signs_the_masked_input_and_the_ledger_checks_exactly_that(tmp_pa
     assert np.max(np.abs(result.total - expected)) <= 3 * 0.5 / spec.scale
 
 
+# --------------------------------------------------------------------------- keys from the ledger
+
+MITM_MASTER = master_secret_from_run_seed(99)  # a man in the middle's own key root
+
+
+def _genesis(master: bytes, n_clients: int, path: Path) -> Genesis:
+    """The Genesis a run's keeper writes with secure aggregation on (in process, no Ray)."""
+    keeper = LedgerKeeper(
+        path,
+        run_id="run",
+        master_secret=master,
+        n_clients=n_clients,
+        num_params=8,
+        config_bytes=b"config",
+        config=LedgerConfig(
+            validators=1, backend="cryptography", qrng="seeded", validator_placement="in_process"
+        ),
+        seed=0,
+        register_kem_keys=True,
+    )
+    keeper.close()
+    return keeper.genesis
+
+
+def _substituted(genesis: Genesis, victims) -> Genesis:
+    """`genesis` as a man in the middle on key registration would have it certified: the
+    victims' encapsulation keys are his own."""
+    kem = dict(genesis.kem_keys) | {k: kem_public_key(MITM_MASTER, k) for k in victims}
+    return Genesis(**{**genesis.model_dump(), "kem_keys": sorted(kem.items())})
+
+
+def test_rosters_take_the_keys_genesis_registers_and_derive_them_only_without_a_ledger(
+    tmp_path,
+):
+    master = master_secret_from_run_seed(0)
+    genesis = _genesis(master, 6, tmp_path / "l.db")
+    config = SecAggConfig(enabled=True, threshold=0.6)
+    from_ledger = RosterKeys.from_genesis(genesis)
+    derived = RosterKeys.derived(master, "cryptography")
+    assert (from_ledger.source, derived.source) == ("ledger", "derived")
+    roster = build_roster(config, from_ledger, 4, [5, 0, 3, 2])
+    assert roster.participants == (0, 2, 3, 5) and roster.threshold == 3
+    assert roster == build_roster(config, derived, 4, [0, 2, 3, 5])
+    assert roster.kem_keys == {k: dict(genesis.kem_keys)[k] for k in (0, 2, 3, 5)}
+    assert roster.signing_keys == {k: dict(genesis.clients)[k] for k in (0, 2, 3, 5)}
+    # the ledger is the source: a substituted key reaches the roster as it is registered
+    mitm = build_roster(config, RosterKeys.from_genesis(_substituted(genesis, [3])), 4, [0, 3])
+    assert mitm.kem_keys[3] == kem_public_key(MITM_MASTER, 3) != roster.kem_keys[3]
+    with pytest.raises(TrainingError, match="no ML-KEM"):
+        RosterKeys.from_genesis(genesis.model_copy(update={"kem_keys": ()}))
+    with pytest.raises(TrainingError, match="client 6 has no ML-KEM-768 key"):
+        build_roster(config, from_ledger, 4, [0, 6])
+
+
+def test_a_client_whose_kem_key_was_substituted_on_the_ledger_refuses_the_round(tmp_path):
+    """On the runner (no Ray): the victim's first step fails, the others sum exactly."""
+    data = build_federated_data("digits", n_clients=5, partition="iid", seed=0)
+    model = ModelConfig(kind="mlp", hidden=(8,))
+    weights = get_flat(build_model(model, data.input_shape, data.num_classes, seed=0))
+    master = master_secret_from_run_seed(0)
+    genesis = _substituted(_genesis(master, 5, tmp_path / "l.db"), [2])
+    spec = SecAggSpec(master_secret=master, backend="cryptography", scale=2.0**16)
+    roster = build_roster(
+        SecAggConfig(enabled=True, threshold=0.6), RosterKeys.from_genesis(genesis), 0, range(5)
+    )
+    runner = ClientRunner(data, model, TrainConfig(epochs=1))
+    tasks = {k: ClientTask(client_id=k, round=0, seed=k) for k in range(5)}
+    with pytest.raises(SecAggError, match="registered key"):
+        runner.secure_train(tasks[2], weights, roster, spec)
+    others = (0, 1, 3, 4)
+    server = SecAggServer(roster, scale=spec.scale)
+    trained = [runner.secure_train(tasks[k], weights, roster, spec) for k in others]
+    exchanges = server.receive_key_exchanges([s.exchange for s in trained])
+    assert server.u1 == others
+    bundles = runner.secure_share(0, exchanges, others)
+    deliveries = server.route_shares([bundles[k] for k in others])
+    masked = runner.secure_mask(0, deliveries, dict.fromkeys(others, 1.0))
+    request = server.collect_masked([masked[k].masked for k in others])
+    responses = runner.secure_unmask(0, request, others)
+    result = server.finish([responses[k] for k in others])
+    plain = [runner.run(tasks[k], weights) for k in others]
+    expected = sum(u.delta.astype(np.float64) for u in plain)
+    assert np.max(np.abs(result.total - expected)) <= 4 * 0.5 / spec.scale
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_substituted_kem_keys_drop_their_clients_or_abort_the_secure_round(tmp_path):
+    """With real runners: one substituted key leaves its client out of an exact FedAvg;
+    three of six (t = 4) abort the round cleanly, the weights unchanged."""
+    data = build_federated_data("digits", n_clients=6, partition="iid", seed=0)
+    model = ModelConfig(kind="mlp", hidden=(8,))
+    weights = get_flat(build_model(model, data.input_shape, data.num_classes, seed=0))
+    master = master_secret_from_run_seed(0)
+    genesis = _genesis(master, 6, tmp_path / "l.db")
+    pool = ClientPool.from_data(data, model, TrainConfig(epochs=1), runners=1, num_cpus=0.5)
+    aggregator = AggregatorActor.remote(AggregationConfig())
+    config = SecAggConfig(enabled=True, threshold=0.6, scale=2.0**20)
+
+    def secure_round(victims) -> SecureRound:
+        return SecureRound(
+            config,
+            pool,
+            aggregator,
+            aggregation=AggregationConfig(),
+            privacy=PrivacyConfig(),
+            master_secret=master,
+            backend="cryptography",
+            num_params=weights.size,
+            timeout_s=120,
+            keys=RosterKeys.from_genesis(_substituted(genesis, victims)),
+        )
+
+    try:
+        ref = ray.put(weights)
+        tasks = [ClientTask(client_id=k, round=0, seed=k) for k in range(6)]
+        secure = secure_round([2])
+        result = secure.run_round(ref, tasks, 120)
+        assert [f.client_id for f in result.failures] == [2]
+        assert "registered key" in result.failures[0].reason
+        sent = {u.client_id for u in result.updates}
+        assert sent == {0, 1, 3, 4, 5}
+        stepped, metrics = secure.aggregate(0, weights, sent, result)
+        assert (metrics["secagg_failed"], metrics["secagg_included"]) == (0.0, 5.0)
+        assert metrics["secagg_dropped"] == 1.0
+        plain = pool.run_round(ref, [t for t in tasks if t.client_id != 2], 120)
+        n = np.array([u.num_samples for u in plain.updates], dtype=np.float64)
+        deltas = np.stack([u.delta.astype(np.float64) for u in plain.updates])
+        expected = weights + (n[:, None] * deltas).sum(axis=0) / n.sum()
+        assert np.max(np.abs(stepped - expected)) <= 5 * 0.5 / config.scale + 2e-7
+        assert np.max(np.abs(stepped - weights)) > 1e-3  # the round did move the model
+
+        tasks = [ClientTask(client_id=k, round=1, seed=k) for k in range(6)]
+        secure = secure_round([0, 1, 2])
+        result = secure.run_round(ray.put(stepped), tasks, 120)
+        assert result.updates == []
+        again, metrics = secure.aggregate(1, stepped, set(), result)
+        assert metrics["secagg_failed"] == 1.0 and np.array_equal(again, stepped)
+        reasons = {f.client_id: f.reason for f in result.failures}
+        assert sorted(reasons) == list(range(6))
+        assert all("registered key" in reasons[k] for k in (0, 1, 2))
+        assert all("aborted at key_exchange" in reasons[k] for k in (3, 4, 5))
+    finally:
+        for actor in pool.actors:
+            ray.kill(actor)
+        ray.kill(aggregator)
+
+
 # --------------------------------------------------------------------------- real runs
 #
 # One secure run with faults in every round and the plain run that must equal it: the plain
@@ -314,6 +473,27 @@ def test_too_few_survivors_fail_the_round_cleanly_and_leave_the_model(runs):
         assert all(f"aborted at {stage}" in f["reason"] for f in aborted)
         assert all("model unchanged" in f["reason"] for f in aborted)
         assert secure.rounds[index]["extra"]["secagg_failed"] == 1.0
+
+
+def test_secure_rounds_take_the_kem_keys_the_ledgers_genesis_registers(runs):
+    secure, plain = runs
+    assert (secure.key_source, plain.key_source) == ("ledger", None)
+    with open_readonly(secure.ledger) as store:
+        (genesis,) = next(iter(store.blocks())).transactions
+    master = master_secret_from_run_seed(0)  # configs/secagg.yaml's seed
+    assert dict(genesis.kem_keys) == {k: kem_public_key(master, k) for k in range(CLIENTS)}
+
+
+def test_round_close_on_the_ledger_records_aborted_secure_rounds(runs):
+    secure, _ = runs
+    with open_readonly(secure.ledger) as store:
+        closes = [tx for b in store.blocks() for tx in b.transactions if tx.kind == "round_close"]
+    assert [c.round for c in closes] == [0, 1, 2, 3]
+    micro = 1_000_000  # RoundClose metrics are integers in micro-units
+    assert [c.metrics["secagg_failed"] for c in closes] == [0, micro, micro, 0]
+    assert [c.metrics["secagg_included"] for c in closes] == [9 * micro, 0, 0, 10 * micro]
+    assert {c.metrics["secagg_threshold"] for c in closes} == {THRESHOLD * micro}
+    assert not any("seconds" in key for c in closes for key in c.metrics)
 
 
 def test_ledger_records_each_signed_masked_input_and_runners_drop_their_state(runs):

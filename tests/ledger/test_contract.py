@@ -116,7 +116,9 @@ def rule_of(contract: Contract, update: Update, delta: np.ndarray) -> str:
 # --------------------------------------------------------------------------- the mixed round
 
 
-def test_mixed_round_accepts_exactly_the_honest_updates(contract, signers) -> None:
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_mixed_round_accepts_exactly_the_honest_updates(contract, signers, workers) -> None:
+    """The same verdicts in the same order however many threads authenticate."""
     honest_batch = [honest(signers, c) for c in (0, 1, 2)]
     forged_delta = delta_of(3)
     forged = signed(signers[8], 3, forged_delta)  # claims client 3, signed by client 8's key
@@ -130,7 +132,9 @@ def test_mixed_round_accepts_exactly_the_honest_updates(contract, signers) -> No
     wide_delta = delta_of(7, 0.01).repeat(2)
     wide = signed(signers[7], 7, wide_delta)
     stranger = (signed(signers[9], 9, delta_of(9)), delta_of(9))
+    swapped = (honest(signers, 8)[0], delta_of(1))  # client 8's signed record, another delta
     batch = [
+        swapped,
         (forged, forged_delta),
         honest_batch[0],
         (stale, stale_delta),
@@ -142,11 +146,12 @@ def test_mixed_round_accepts_exactly_the_honest_updates(contract, signers) -> No
         (wide, wide_delta),
         stranger,
     ]
-    accepted, rejections = contract.admit(batch)
+    accepted, rejections = contract.admit(batch, workers=workers)
 
     assert [u.client_id for u, _ in accepted] == [0, 1, 2]
     assert all(u is h for (u, _), (h, _) in zip(accepted, honest_batch, strict=True))
     assert [(r.client_id, r.rule) for r in rejections] == [
+        (8, "bad_signature"),
         (3, "bad_signature"),
         (4, "wrong_round"),
         (0, "replayed_nonce"),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 from conftest import forging_tamper
+from cryptography.hazmat.primitives.asymmetric import mlkem
 
 from federated.sampling import sample_clients
 from ledger.consensus import Beacon, ConsensusError, leader_for
@@ -14,12 +17,14 @@ from ledger.keeper import (
     LedgerKeeper,
     Opening,
     build_validator,
+    client_kem_keys,
+    client_kem_seed,
     sign_update,
     update_nonce,
 )
-from ledger.keys import master_secret_from_run_seed
+from ledger.keys import derive_seed, master_secret_from_run_seed
 from ledger.records import Rejection, RoundClose, RoundOpen, Update
-from ledger.store import open_readonly
+from ledger.store import LedgerIntegrityError, open_readonly
 from ledger.verify import verify_ledger
 
 BACKENDS = ["cryptography"] + (["liboqs"] if liboqs_library() else [])
@@ -350,3 +355,94 @@ def test_a_received_update_is_recorded_by_its_fields_never_by_a_memo_it_carries(
     with open_readonly(tmp_path / "l.db") as store:
         recorded = [tx for b in store.blocks() for tx in b.transactions if isinstance(tx, Update)]
     assert [u.num_examples for u in recorded] == [10]
+
+
+# --------------------------------------------------------------------------- ML-KEM registry
+
+
+def _kem_keeper(path, *, register, resume=False):
+    return LedgerKeeper(
+        path,
+        run_id="run-1",
+        master_secret=MASTER,
+        n_clients=5,
+        num_params=P,
+        config_bytes=b"config",
+        config=LedgerConfig(validators=1, backend="cryptography", qrng="seeded"),
+        seed=3,
+        resume=resume,
+        register_kem_keys=register,
+    )
+
+
+def test_genesis_registers_each_clients_kem_key_next_to_its_signing_key(tmp_path):
+    keeper = _kem_keeper(tmp_path / "l.db", register=True)
+    head = _two_rounds(keeper, "cryptography")
+    expected = {
+        k: mlkem.MLKEM768PrivateKey.from_seed_bytes(client_kem_seed(MASTER, k))
+        .public_key()
+        .public_bytes_raw()
+        for k in range(5)
+    }
+    assert keeper.kem_keys == expected == client_kem_keys(MASTER, 5)
+    assert len({*expected.values()}) == 5 and {len(v) for v in expected.values()} == {1184}
+    assert client_kem_seed(MASTER, 1) != derive_seed(MASTER, "client", 1)  # own HKDF info
+    with open_readonly(tmp_path / "l.db") as store:
+        (genesis,) = next(iter(store.blocks())).transactions
+    assert genesis == keeper.genesis and dict(genesis.kem_keys) == expected
+    assert [k for k, _ in genesis.kem_keys] == [k for k, _ in genesis.clients]
+    report = verify_ledger(tmp_path / "l.db", head=head[1], backend="cryptography")
+    assert (report.height, report.rounds_closed) == (3, 2)
+    # a resumed run finds the same Genesis; one without the KEM keys is another run
+    _kem_keeper(tmp_path / "l.db", register=True, resume=True).close()
+    with pytest.raises(LedgerIntegrityError, match="genesis is not this run's"):
+        _kem_keeper(tmp_path / "l.db", register=False, resume=True)
+
+
+def test_without_secure_aggregation_genesis_registers_no_kem_keys(tmp_path):
+    keeper = _kem_keeper(tmp_path / "l.db", register=False)
+    assert keeper.kem_keys == {} and keeper.genesis.kem_keys == ()
+    keeper.close()
+
+
+def test_a_flipped_bit_in_a_registered_kem_key_fails_verification(tmp_path):
+    keeper = _kem_keeper(tmp_path / "l.db", register=True)
+    key = keeper.kem_keys[2]
+    keeper.close()
+    verify_ledger(tmp_path / "l.db")
+    conn = sqlite3.connect(tmp_path / "l.db")
+    try:
+        (body,) = conn.execute("SELECT body FROM transactions WHERE height=0").fetchone()
+        at = body.index(key) + 700
+        tampered = body[:at] + bytes([body[at] ^ 0x01]) + body[at + 1 :]
+        triggers = conn.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger'")
+        triggers = triggers.fetchall()
+        for name, _ in triggers:  # as an attacker with file access would
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("UPDATE transactions SET body=? WHERE height=0", (tampered,))
+        for _, sql in triggers:
+            conn.execute(sql)
+        conn.commit()
+    finally:
+        conn.close()
+    with pytest.raises(LedgerIntegrityError, match="merkle_root") as info:
+        verify_ledger(tmp_path / "l.db")
+    assert info.value.height == 0
+
+
+@pytest.mark.parametrize(
+    ("placement", "cpus", "expected"),
+    [
+        ("auto", 2.0, "in_process"),  # a laptop: 2 runners fill it
+        ("auto", 5.0, "in_process"),  # one CPU short of a validator each
+        ("auto", 6.0, "actors"),
+        ("auto", 64.0, "actors"),
+        ("actors", 2.0, "actors"),  # an explicit choice is kept
+        ("in_process", 64.0, "in_process"),
+    ],
+)
+def test_auto_placement_gives_validators_actors_only_with_a_cpu_each(placement, cpus, expected):
+    from ledger.keeper import placement_for
+
+    got = placement_for(placement, cluster_cpus=cpus, runner_cpus=2.0, validators=4)
+    assert got == expected

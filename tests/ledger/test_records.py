@@ -10,6 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from ledger.encoding import decode_value, digest, encode_value
 from ledger.merkle import merkle_root
 from ledger.records import (
+    KEM_KEY_BYTES,
     ZERO_HASH,
     Block,
     BlockHeader,
@@ -46,6 +47,14 @@ def genesis() -> Genesis:
         validators=[(0, b"\x01" * 40), (1, b"\x02" * 40), (2, b"\x03" * 40)],
         clients=[(0, b"\x10" * 40), (3, b"\x13" * 40)],
     )
+
+
+def kem_key(fill: int) -> bytes:
+    return bytes([fill]) * KEM_KEY_BYTES
+
+
+def genesis_with_kem_keys() -> Genesis:
+    return Genesis(**{**genesis().model_dump(), "kem_keys": [(0, kem_key(1)), (3, kem_key(2))]})
 
 
 def round_open() -> RoundOpen:
@@ -165,6 +174,10 @@ def test_update_fields_are_strict(changes):
         (genesis, {"clients": [(0, b"")]}),  # empty key
         (genesis, {"created_round": 1}),
         (genesis, {"config_hash": b"short"}),
+        (genesis, {"kem_keys": [(0, kem_key(1))]}),  # misses client 3
+        (genesis, {"kem_keys": [(0, kem_key(1)), (4, kem_key(2))]}),  # 4 is no client
+        (genesis, {"kem_keys": [(3, kem_key(1)), (0, kem_key(2))]}),  # unsorted
+        (genesis, {"kem_keys": [(0, kem_key(1)), (3, b"\x02" * 40)]}),  # not 1184 bytes
         (round_open, {"sampled": [3, 0]}),
         (round_open, {"plan": {0: "classical"}}),  # misses client 3
         (round_open, {"plan": {0: "classical", 3: "fallback"}}),
@@ -177,6 +190,22 @@ def test_invalid_records_are_refused(make, changes):
     fields = {**make().model_dump(), **changes}
     with pytest.raises(ValidationError):
         type(make())(**fields)
+
+
+def test_genesis_encodes_its_kem_keys_and_each_of_their_bits():
+    plain, with_keys = genesis(), genesis_with_kem_keys()
+    assert plain.kem_keys == ()
+    assert decode_value(encode_tx(plain))["kem_keys"] == ()  # the empty field is encoded too
+    back = decode_tx(encode_tx(with_keys))
+    assert back == with_keys and dict(back.kem_keys) == {0: kem_key(1), 3: kem_key(2)}
+    assert tx_hash(with_keys) != tx_hash(plain)
+    # one flipped bit in a registered key is another transaction (another Merkle leaf)
+    data = encode_tx(with_keys)
+    at = data.index(kem_key(2)) + 500
+    flipped = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+    other = decode_tx(flipped)
+    assert other != with_keys and tx_hash(other) != tx_hash(with_keys)
+    assert dict(other.kem_keys)[3] != kem_key(2) and dict(other.kem_keys)[0] == kem_key(1)
 
 
 def test_maps_are_kept_in_canonical_order():
@@ -202,6 +231,8 @@ def test_encode_tx_refuses_non_transactions():
         {**update().model_dump(), "extra": 1},
         {k: v for k, v in update().model_dump().items() if k != "signature"},
         {k: v for k, v in genesis().model_dump().items() if k != "created_round"},  # default
+        {k: v for k, v in genesis().model_dump().items() if k != "kem_keys"},  # default ()
+        {**genesis().model_dump(), "kem_keys": [(3, kem_key(1))]},  # not every client
         unsigned().model_dump(),  # no kind
         {**update().model_dump(), "round": "1"},
     ],

@@ -10,12 +10,15 @@ import pytest
 
 from pipelines.checkpoint import (
     CHECKPOINT,
+    PENDING,
     ROUNDS_LOG,
     Checkpoint,
     append_round,
     load_checkpoint,
+    promote_checkpoint,
     read_rounds,
     save_checkpoint,
+    save_pending,
     truncate_rounds,
 )
 from qfl.errors import QflError, RunError
@@ -117,3 +120,44 @@ def test_truncate_rounds_drops_uncommitted_and_torn_lines(tmp_path: Path) -> Non
     assert [r["round"] for r in read_rounds(tmp_path)] == [1, 2]
     with pytest.raises(RunError, match="lacks rounds"):
         truncate_rounds(tmp_path, 3)
+
+
+def _two_checkpoints(tmp_path: Path) -> None:
+    """Round 3 committed; round 4's checkpoint pending on ledger block 9."""
+    save_checkpoint(tmp_path, Checkpoint(round=3, weights=np.full(5, 3.0, np.float32)))
+    pending = Checkpoint(round=4, weights=np.full(5, 4.0, np.float32), state={"dp_steps": 4})
+    assert save_pending(tmp_path, pending, ledger_height=9) == tmp_path / PENDING
+
+
+@pytest.mark.parametrize("head", [9, 10])
+def test_pending_checkpoint_whose_block_is_stored_is_the_committed_one(tmp_path, head):
+    _two_checkpoints(tmp_path)
+    loaded = load_checkpoint(tmp_path, ledger_head=head)
+    assert loaded.round == 4 and loaded.state == {"dp_steps": 4}
+    np.testing.assert_array_equal(loaded.weights, np.full(5, 4.0, np.float32))
+    assert not (tmp_path / PENDING).exists()
+    assert load_checkpoint(tmp_path).round == 4  # renamed into place: stays committed
+
+
+@pytest.mark.parametrize("head", [8, None])
+def test_pending_checkpoint_without_its_block_is_dropped(tmp_path, head):
+    _two_checkpoints(tmp_path)
+    loaded = load_checkpoint(tmp_path, ledger_head=head)
+    assert loaded.round == 3
+    np.testing.assert_array_equal(loaded.weights, np.full(5, 3.0, np.float32))
+    assert not (tmp_path / PENDING).exists()
+
+
+def test_torn_pending_checkpoint_is_dropped(tmp_path):
+    _two_checkpoints(tmp_path)
+    data = (tmp_path / PENDING).read_bytes()
+    (tmp_path / PENDING).write_bytes(data[: len(data) // 2])  # the crash cut it short
+    assert load_checkpoint(tmp_path, ledger_head=20).round == 3
+    assert not (tmp_path / PENDING).exists()
+
+
+def test_promote_replaces_the_committed_checkpoint(tmp_path):
+    _two_checkpoints(tmp_path)
+    assert promote_checkpoint(tmp_path) == tmp_path / CHECKPOINT
+    assert load_checkpoint(tmp_path).round == 4
+    assert not (tmp_path / PENDING).exists()

@@ -164,6 +164,7 @@ def test_flat_gives_dotted_string_values() -> None:
     sections = (
         "data", "model", "train", "federation", "ray", "tracking", "output", "ledger",
         "aggregation", "attack", "scheduler", "monitor", "privacy", "secagg",
+        "network", "energy",
     )  # fmt: skip
     assert not set(sections) & set(flat)
     c = ExperimentConfig()
