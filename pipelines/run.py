@@ -163,6 +163,24 @@ def ray_session(config: RayConfig, env_address: str | None = None) -> Iterator[N
         ray.shutdown()
 
 
+def experiment_data(config: ExperimentConfig) -> FederatedData:
+    """The run's clients' data and the held-out test set, as its `data` section says."""
+    d = config.data
+    return build_federated_data(
+        d.dataset,
+        n_clients=config.federation.clients,
+        partition=d.partition,
+        seed=config.seed,
+        root=d.root,
+        test_fraction=d.test_fraction,
+        alpha=d.alpha,
+        shards_per_client=d.shards_per_client,
+        standardize_features=d.standardize,
+        classes=d.classes,
+        pca_components=d.pca_components,
+    )
+
+
 def run_experiment(
     config: ExperimentConfig,
     *,
@@ -178,19 +196,7 @@ def run_experiment(
     run, the same ledger and the same folder, and with the same config (checked).
     """
     observer = observer or RunObserver()
-    data = build_federated_data(
-        config.data.dataset,
-        n_clients=config.federation.clients,
-        partition=config.data.partition,
-        seed=config.seed,
-        root=config.data.root,
-        test_fraction=config.data.test_fraction,
-        alpha=config.data.alpha,
-        shards_per_client=config.data.shards_per_client,
-        standardize_features=config.data.standardize,
-        classes=config.data.classes,
-        pca_components=config.data.pca_components,
-    )
+    data = experiment_data(config)
     if resume is not None:
         run_dir = _resumable_run_dir(config, resume)
         tracker = Tracker.resume(tracking_uri, resume)

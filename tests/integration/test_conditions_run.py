@@ -9,13 +9,12 @@ import pytest
 from conftest import QUICKSTART, REPO
 from mlflow.tracking import MlflowClient
 
-from federated.data import build_federated_data
 from federated.network import client_timing, compute_seconds, draw_link
 from ledger.records import RoundOpen, Update
 from ledger.store import open_readonly
 from pipelines.checkpoint import load_checkpoint, read_rounds
 from pipelines.config import ExperimentConfig, load_config
-from pipelines.run import run_experiment
+from pipelines.run import experiment_data, run_experiment
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -37,19 +36,7 @@ def _history(client, run_id, key) -> list[float]:
 
 def _examples(config: ExperimentConfig) -> list[int]:
     """Each client's training examples, from the same partition the run made."""
-    data = build_federated_data(
-        config.data.dataset,
-        n_clients=config.federation.clients,
-        partition=config.data.partition,
-        seed=config.seed,
-        root=config.data.root,
-        test_fraction=config.data.test_fraction,
-        alpha=config.data.alpha,
-        shards_per_client=config.data.shards_per_client,
-        standardize_features=config.data.standardize,
-        classes=config.data.classes,
-        pca_components=config.data.pca_components,
-    )
+    data = experiment_data(config)
     return [len(ix) for ix in data.client_indices]
 
 

@@ -44,7 +44,7 @@ from ledger.records import Genesis
 from ledger.store import open_readonly
 from pipelines.cli import main as cli_main
 from pipelines.config import ExperimentConfig, load_config
-from pipelines.run import Federation, run_round
+from pipelines.run import Federation, experiment_data, run_round
 from pipelines.secure_round import RosterKeys, SecureRound, build_roster
 from pipelines.tracking import Tracker
 from qfl.errors import ConfigError, TrainingError
@@ -77,20 +77,7 @@ def _run(tmp: Path, *overrides: str, faults=()) -> Run:
     """
     tmp.mkdir(parents=True, exist_ok=True)
     config = _config(tmp, *overrides)
-    d = config.data
-    data = build_federated_data(
-        d.dataset,
-        n_clients=config.federation.clients,
-        partition=d.partition,
-        seed=config.seed,
-        root=d.root,
-        test_fraction=d.test_fraction,
-        alpha=d.alpha,
-        shards_per_client=d.shards_per_client,
-        standardize_features=d.standardize,
-        classes=d.classes,
-        pca_components=d.pca_components,
-    )
+    data = experiment_data(config)
     uri = f"sqlite:///{tmp.parent / 'mlflow.db'}"
     tracker = Tracker.start(uri, "secagg-test", tmp.name, {})
     run_dir = tmp / "runs" / tracker.run_id
