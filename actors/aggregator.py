@@ -41,24 +41,29 @@ class AggregatorActor:
     def aggregate_with_info(
         self,
         weights: np.ndarray,
-        updates: Sequence[ClientUpdate],
-        *,
+        *parts: Sequence[ClientUpdate],
         accepted: Collection[int] | None = None,
         reliability: Mapping[int, float] | None = None,
         private: PrivateStep | None = None,
     ) -> tuple[np.ndarray, AggregationInfo]:
-        """One server step over `updates` (those of `accepted` clients, when given).
+        """One server step over the updates in `parts` (those of `accepted` clients).
 
-        The round's updates come as one list (one object in the store, which the ledger
+        The round's updates come as a few lists (objects in the store, which the ledger
         keeper reads too), never one argument each: Ray serialises a task's arguments one
-        by one, and a hundred of them cost several times one list.
+        by one, and a hundred of them cost several times one list. They are combined in
+        client-id order, whatever parts they arrived in.
         """
+        updates = sorted((u for part in parts for u in part), key=_client_id)
         if accepted is not None:
             updates = [u for u in updates if u.client_id in accepted]
-        return self._aggregator.step(weights, list(updates), reliability, private)
+        return self._aggregator.step(weights, updates, reliability, private)
 
     def state(self) -> dict:
         return self._aggregator.optimizer.state()
 
     def load_state(self, state: dict) -> None:
         self._aggregator.optimizer.load_state(state)
+
+
+def _client_id(update: ClientUpdate) -> int:
+    return update.client_id

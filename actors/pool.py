@@ -9,6 +9,7 @@ still unanswered at the deadline becomes a `ClientFailure`: failures are data.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,16 +79,57 @@ class ClientPool:
         timeout_s: float,
         costs: Sequence[float] | None = None,
         during: Callable[[], None] | None = None,
+        on_updates: Callable[[list[ClientUpdate]], None] | None = None,
+        parts: int = 4,
     ) -> RoundResult:
         """Train every task's client from `weights_ref`; never raises for a client's fault.
 
-        `during` runs in the driver once every task is submitted, while they train.
+        `during` runs in the driver once every task is submitted, while they train. With
+        `on_updates`, the updates are collected in about `parts` parts as they finish,
+        each passed to it at once (e.g. to be validated while the rest train); the
+        result is the same, in client-id order.
         """
         submitted, _ = self._submit("train", weights_ref, tasks, costs)
         if during is not None:
             during()
-        ready, failures = self._wait(submitted, timeout_s)
-        return _collect([(submitted[ref], ref) for ref in ready], failures)
+        if on_updates is None:
+            ready, failures = self._wait(submitted, timeout_s)
+            return _collect([(submitted[ref], ref) for ref in ready], failures)
+        return self._stream(submitted, timeout_s, on_updates, parts)
+
+    def _stream(
+        self,
+        submitted: dict[ray.ObjectRef, ClientTask],
+        timeout_s: float,
+        on_updates: Callable[[list[ClientUpdate]], None],
+        parts: int,
+    ) -> RoundResult:
+        """`_wait` and `_collect` part by part; the unanswered at the deadline fail."""
+        deadline = time.monotonic() + timeout_s
+        pending, size = list(submitted), max(1, -(-len(submitted) // max(1, parts)))
+        result = RoundResult()
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, pending = ray.wait(
+                pending, num_returns=min(size, len(pending)), timeout=remaining, fetch_local=False
+            )
+            part = _collect([(submitted[ref], ref) for ref in ready], [])
+            result.updates += part.updates
+            result.refs += part.refs
+            result.failures += part.failures
+            if part.updates:
+                on_updates(part.updates)
+        for ref in pending:
+            ray.cancel(ref)
+            reason = f"no answer within the round timeout ({timeout_s}s)"
+            result.failures.append(_failure(submitted[ref], reason))
+        order = sorted(range(len(result.updates)), key=lambda i: result.updates[i].client_id)
+        result.updates = [result.updates[i] for i in order]
+        result.refs = [result.refs[i] for i in order]
+        result.failures.sort(key=lambda f: f.client_id)
+        return result
 
     def train_secure(
         self,

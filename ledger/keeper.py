@@ -547,16 +547,17 @@ class LedgerKeeper:
     def admit(
         self, updates: Sequence[tuple[Update, np.ndarray]]
     ) -> tuple[list[int], list[Rejection], float]:
-        """Validate the round's updates; returns accepted client ids, rejections, seconds."""
+        """Validate updates of the open round (all at once, or part by part as they
+        arrive); returns the accepted client ids, the rejections and the seconds spent."""
         start = time.perf_counter()
         for update, _ in updates:
             # A record that arrived pickled may carry any memo: forget it, so every
             # encoding, signing payload and stored body comes from the checked fields.
             if isinstance(update, Update):
                 forget_encoding(update)
-        # the signatures and digests on 2 threads: the runners are idle while it admits
+        # the signatures and digests on 2 threads (ML-DSA and SHA3 release the GIL)
         accepted, rejections = self.contract.admit(updates, workers=ADMIT_WORKERS)
-        self._pending = [u for u, _ in accepted] + list(rejections)
+        self._pending += [u for u, _ in accepted] + list(rejections)
         seconds = time.perf_counter() - start
         if self.host is not None and accepted:
             # remote validators decode and check the accepted updates now, while the round
@@ -605,7 +606,9 @@ class LedgerKeeper:
             accepted=accepted,
             metrics={k: to_micro(v) for k, v in metrics.items() if np.isfinite(v)},
         )
-        closing = [*self._pending, *fallbacks, close]
+        # in the block: the accepted updates, then the rejections, each by client id
+        # (parts admitted in arrival order give the same block as one batch)
+        closing = [*sorted(self._pending, key=_block_order), *fallbacks, close]
 
         def transactions(beacon) -> list[Transaction]:
             if opening is None:
@@ -625,6 +628,10 @@ class LedgerKeeper:
             self.store.close()
         if self.host is not None:
             self.host.stop()
+
+
+def _block_order(tx: Transaction) -> tuple[bool, int]:
+    return (not isinstance(tx, Update), tx.client_id)
 
 
 def update_nonce(master_secret: bytes, round_: int, client_id: int) -> bytes:

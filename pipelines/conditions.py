@@ -81,6 +81,11 @@ class RoundConditions:
         )
 
     @property
+    def drops_updates(self) -> bool:
+        """Whether `apply` may drop an update (a deadline makes stragglers)."""
+        return self.network is not None and self.network.config.deadline_s is not None
+
+    @property
     def active(self) -> bool:
         return self.network is not None or self.energy is not None
 

@@ -476,8 +476,27 @@ class Federation:
         weights_ref = ray.put(self.weights)
         sizes = [len(self.data.client_indices[task.client_id]) for task in tasks]
         timeout = self.config.ray.round_timeout_s
+        # The updates go to the store in parts, each serialised once: the ledger keeper
+        # admits a part while the rest train (unless the simulated network may still drop
+        # a late one), and the aggregator averages the accepted ones from the same parts.
+        parts: list[ray.ObjectRef] = []
+        admissions: list[ray.ObjectRef] = []
+
+        def admit(updates: list) -> None:
+            parts.append(ray.put(updates))
+            if self.keeper is not None:
+                admissions.append(self.keeper.admit.remote(parts[-1]))
+
+        stream = self.keeper is not None and not self.conditions.drops_updates
         if self.secure is None:  # the previous round commits while this one trains
-            result = self.pool.run_round(weights_ref, tasks, timeout, sizes, during=self.commit)
+            result = self.pool.run_round(
+                weights_ref,
+                tasks,
+                timeout,
+                sizes,
+                during=self.commit,
+                on_updates=admit if stream else None,
+            )
         else:  # masked inputs only; the secure round's stages run one after another
             self.commit()
             result = self.secure.run_round(weights_ref, tasks, timeout, sizes)
@@ -486,14 +505,14 @@ class Federation:
         ledger = LedgerRound()
         accepted_ids = {u.client_id for u in result.updates}
         phase = time.perf_counter()
-        # The round's updates as one object in the store, serialised once: the ledger
-        # keeper checks them and the aggregator averages the accepted ones from it.
-        batch = ray.put(result.updates) if result.updates else None
-        if self.keeper is not None and result.updates:
-            admitted = self.keeper.admit.remote(batch)
-            admitted_ids, rejections, ledger.verify_seconds = self._get(admitted)
-            accepted_ids = set(admitted_ids)
-            ledger.rejected = len(rejections)
+        if not stream and result.updates and (self.keeper is not None or self.secure is None):
+            admit(result.updates)
+        if admissions:
+            accepted_ids = set()
+            for admitted_ids, rejections, seconds in self._get(admissions):
+                accepted_ids.update(admitted_ids)
+                ledger.rejected += len(rejections)
+                ledger.verify_seconds += seconds
         accepted = [u for u in result.updates if u.client_id in accepted_ids]
         aggregation: dict[str, float] = {}
         times["time.ledger_s"], phase = _since(phase)
@@ -504,7 +523,7 @@ class Federation:
         elif accepted:
             aggregated = self.aggregator.aggregate_with_info.remote(
                 weights_ref,
-                batch,
+                *parts,
                 accepted=accepted_ids,
                 reliability=self._reliability(accepted_ids),
                 private=self._private_step(t, len(tasks)),
