@@ -125,6 +125,7 @@ def test_without_a_deadline_the_simulated_clock_sums_each_rounds_slowest_client(
     assert all(r["failures"] == [] for r in rounds)
 
 
+@pytest.mark.slow  # a full run: keeps the default suite under 25 min
 def test_measured_compute_puts_the_real_training_time_on_the_simulated_clock(tmp_path):
     """Quickstart, network on, no deadline, compute measured: each round's simulated time
     lies between its slowest transfers alone and those plus the real round's seconds."""
@@ -151,6 +152,7 @@ def test_measured_compute_puts_the_real_training_time_on_the_simulated_clock(tmp
     assert clock[-1] == pytest.approx(sum(r["extra"]["net.sim_round_s"] for r in rounds))
 
 
+@pytest.mark.slow  # a full run: keeps the default suite under 25 min
 def test_stragglers_under_secure_aggregation_are_dropouts_the_survivors_cover(tmp_path):
     """secagg.yaml (10 clients, threshold 6) on a slow network: clients 1 and 9 miss the 8 s
     deadline; their masked inputs stay out of the sum and the round still unmasks."""

@@ -325,6 +325,7 @@ def test_a_client_whose_kem_key_was_substituted_on_the_ledger_refuses_the_round(
     assert np.max(np.abs(result.total - expected)) <= 4 * 0.5 / spec.scale
 
 
+@pytest.mark.slow  # real runners, two secure rounds: keeps the default suite under 25 min
 @pytest.mark.usefixtures("ray_local")
 def test_substituted_kem_keys_drop_their_clients_or_abort_the_secure_round(tmp_path):
     """With real runners: one substituted key leaves its client out of an exact FedAvg;
