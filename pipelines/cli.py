@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipelines.config import ExperimentConfig, dump_config, load_config, with_ibm_token
-from pipelines.report import add_report_parser, run_report_command
+from pipelines.report_cli import add_report_parser, run_report_command
 from qfl.errors import ConfigError, QflError
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 1, 2, 130

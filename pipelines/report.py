@@ -22,12 +22,10 @@ Only FINISHED runs with a `test_accuracy` history enter the analysis; report run
 
 from __future__ import annotations
 
-import argparse
 import ast
 import base64
 import html
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -1032,63 +1030,3 @@ def log_report(client, experiment_id: str, files: ReportFiles, runs: int) -> str
         raise
     client.set_terminated(run_id, status="FINISHED")
     return run_id
-
-
-# ---------------------------------------------------------------- command line
-
-
-def add_report_parser(commands) -> None:
-    """`qfl report EXPERIMENT [--out DIR] [--tracking-uri URI] [--target ACC]`."""
-    report = commands.add_parser(
-        "report", help="write an HTML and Markdown report of an experiment's runs"
-    )
-    report.add_argument("experiment", help="MLflow experiment name (or id)")
-    report.add_argument("--out", help="output folder (default: reports/<experiment>)")
-    report.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)"
-    )
-    report.add_argument(
-        "--target",
-        type=_accuracy,
-        default=DEFAULT_TARGET,
-        help=f"accuracy for 'rounds to target' (default {DEFAULT_TARGET})",
-    )
-    report.add_argument("--no-log", action="store_true", help="do not store the report in MLflow")
-
-
-def _accuracy(text: str) -> float:
-    value = as_number(text)
-    if value is None or not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an accuracy in [0, 1]")
-    return value
-
-
-def run_report_command(args: argparse.Namespace, console, errors) -> int:
-    """Read, analyse, write and log; 0 ok, 1 a tracking store failure, 2 no such experiment."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-    from rich.markup import escape
-
-    from pipelines.tracking import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"), None)
-    out = Path(args.out) if args.out else Path("reports") / _slug(args.experiment)
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        data = read_experiment(client, args.experiment)
-        report = build_report(data, target=args.target)
-        files = write_report(report, out)
-        run_id = (
-            None if args.no_log else log_report(client, data.experiment_id, files, len(data.runs))
-        )
-    except LookupError as exc:
-        errors.print(f"[bold red]report error[/]: {escape(str(exc))}", soft_wrap=True)
-        return 2
-    except (MlflowException, OSError) as exc:
-        errors.print(f"[bold red]report failed[/]: {escape(str(exc))}", soft_wrap=True)
-        return 1
-    console.print(f"report: {files.html}", highlight=False, soft_wrap=True)
-    console.print(f"markdown: {files.markdown}", highlight=False, soft_wrap=True)
-    if run_id is not None:
-        console.print(f"logged to MLflow run {run_id} ({REPORT_TAG}=1)", highlight=False)
-    return 0
