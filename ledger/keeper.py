@@ -429,7 +429,8 @@ class LedgerKeeper:
             if resume:
                 if recorded[0] != genesis:
                     raise LedgerIntegrityError(
-                        f"{self.path}: its genesis is not this run's (run, config or keys differ)"
+                        f"{self.path}: its genesis is not this run's (run, config or keys "
+                        "differ; a resume needs the master secret the run started with)"
                     )
                 self.reopened = self._reopen(recorded)
             else:

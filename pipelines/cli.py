@@ -7,6 +7,11 @@
             [--tracking-uri URI] [--address ADDR] [--parallel K]   # a grid of runs on Ray
     qfl report EXPERIMENT [--out DIR] [--tracking-uri URI] [--target ACC]   # HTML + Markdown
 
+Signing keys, ML-KEM keys and DP noise derive from the run's master secret: set
+QFL_MASTER_SECRET (hex, >= 32 bytes, e.g. `openssl rand -hex 32`) for a run whose
+signatures nobody else can forge; without it they derive from the run seed
+(reproducible, and forgeable by anyone who has the config).
+
 Exit codes: 0 success, 1 a run that failed, 2 a bad config or usage (before any work),
 130 interrupted.
 """
@@ -23,7 +28,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.config import ExperimentConfig, dump_config, load_config, with_ibm_token
+from pipelines.config import (
+    ExperimentConfig,
+    dump_config,
+    environment_master_secret,
+    load_config,
+    with_ibm_token,
+)
 from pipelines.report_cli import add_report_parser, run_report_command
 from qfl.errors import ConfigError, QflError
 
@@ -123,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, config: ExperimentConfig, console: Console) -> int:
+    secret = environment_master_secret(os.environ)  # a bad one stops here, exit 2
     # Heavy imports (ray, torch, mlflow) only once the config is known to be good.
     from pipelines.run import run_experiment
     from pipelines.tracking import resolve_tracking_uri
@@ -142,6 +154,7 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, console: Console) -
             observer=observer,
             config_source=args.config,
             resume=args.resume,
+            master_secret=secret,
         )
     console.print(_summary_table(summary))
     return 0

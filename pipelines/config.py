@@ -28,6 +28,7 @@ from federated.privacy import PrivacyConfig
 from federated.secagg import SecAggConfig, check_secagg_config
 from federated.train import TrainConfig
 from ledger.keeper import LedgerConfig
+from ledger.keys import master_secret_from_env
 from pipelines.scheduler import ClientsConfig, SchedulerConfig
 from qfl.errors import ConfigError
 from quantum.layer import QuantumConfig
@@ -80,6 +81,11 @@ class FederationConfig(_Section):
         "fedavg", description="local objective: fedprox adds (mu/2)||w - w_t||^2"
     )
     prox_mu: float = Field(0.0, ge=0.0, description="FedProx proximal weight mu")
+    train_loss: bool = Field(
+        False,
+        description="also log train_loss each round: F(w_t), the global model's mean loss "
+        "over every client's training data (the objective of Eq. 8), by exact evaluation",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationConfig:
@@ -410,6 +416,14 @@ def with_ibm_token(config: ExperimentConfig, token: str | None) -> ExperimentCon
         return config
     secret = SecretStr(token)
     return config.model_copy(update={"quantum": quantum.model_copy(update={"token": secret})})
+
+
+def environment_master_secret(environ: Mapping[str, str]) -> bytes | None:
+    """`QFL_MASTER_SECRET` (hex) as bytes, None where unset; ConfigError (exit 2) if bad."""
+    try:
+        return master_secret_from_env(environ)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def dump_config(config: ExperimentConfig) -> str:

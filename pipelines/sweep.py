@@ -272,15 +272,27 @@ class SweepObserver:
         pass
 
 
-def run_point(run: SweepRun, tracking_uri: str, config_source: str, sweep_id: str) -> SweepResult:
-    """Run one point to the end (inside a Ray worker); any exception becomes a FAILED result."""
+def run_point(
+    run: SweepRun,
+    tracking_uri: str,
+    config_source: str,
+    sweep_id: str,
+    master_secret: bytes | None = None,
+) -> SweepResult:
+    """Run one point to the end (inside a Ray worker); any exception becomes a FAILED result.
+
+    `master_secret`: as `run_experiment`'s (each run mixes in its own seed)."""
     from pipelines.run import run_experiment
 
     tagger = _Tagger(tracking_uri, run.tags(sweep_id))
     start = time.perf_counter()
     try:
         summary = run_experiment(
-            run.config, tracking_uri=tracking_uri, observer=tagger, config_source=config_source
+            run.config,
+            tracking_uri=tracking_uri,
+            observer=tagger,
+            config_source=config_source,
+            master_secret=master_secret,
         )
     except Exception as exc:  # the sweep reports it and goes on with the other runs
         return SweepResult(
@@ -371,8 +383,11 @@ def run_sweep(
     parallel: int,
     observer: SweepObserver | None = None,
     poll_s: float = 0.5,
+    master_secret: bytes | None = None,
 ) -> list[SweepResult]:
     """Run every run on the Ray this process is connected to, `parallel` at a time.
+
+    `master_secret` goes to every run (`run_point`) through the object store.
 
     Each run is a task holding a placement group of its runners' resources; the actors
     it creates are placed in that group, and the group is removed when the task ends.
@@ -397,7 +412,7 @@ def run_sweep(
                     group, placement_group_capture_child_tasks=True
                 )
                 ref = task.options(scheduling_strategy=strategy).remote(
-                    run, tracking_uri, config_source, sweep_id
+                    run, tracking_uri, config_source, sweep_id, master_secret
                 )
                 in_flight[ref] = (run, group)
                 observer.on_submit(run)

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.config import RayConfig, with_ibm_token
+from pipelines.config import RayConfig, environment_master_secret, with_ibm_token
 from pipelines.sweep import (
     SweepObserver,
     SweepResult,
@@ -89,6 +89,7 @@ def run_sweep_command(args: argparse.Namespace, console: Console, errors: Consol
         experiment=args.experiment,
         sweep_id=sweep_id,
     )
+    secret = environment_master_secret(os.environ)
     token = os.environ.get("QISKIT_IBM_TOKEN")
     runs = [run.model_copy(update={"config": with_ibm_token(run.config, token)}) for run in runs]
     # Heavy imports (ray, torch, mlflow) only once every config is known to be good.
@@ -127,6 +128,7 @@ def run_sweep_command(args: argparse.Namespace, console: Console, errors: Consol
                 sweep_id=sweep_id,
                 parallel=parallel,
                 observer=progress,
+                master_secret=secret,
             )
     table = results_table(sweep_id, results)
     if not console.is_terminal:  # a log file or CI: wide enough that nothing folds

@@ -360,11 +360,11 @@ def test_a_received_update_is_recorded_by_its_fields_never_by_a_memo_it_carries(
 # --------------------------------------------------------------------------- ML-KEM registry
 
 
-def _kem_keeper(path, *, register, resume=False):
+def _kem_keeper(path, *, register, resume=False, master=MASTER):
     return LedgerKeeper(
         path,
         run_id="run-1",
-        master_secret=MASTER,
+        master_secret=master,
         n_clients=5,
         num_params=P,
         config_bytes=b"config",
@@ -397,6 +397,15 @@ def test_genesis_registers_each_clients_kem_key_next_to_its_signing_key(tmp_path
     _kem_keeper(tmp_path / "l.db", register=True, resume=True).close()
     with pytest.raises(LedgerIntegrityError, match="genesis is not this run's"):
         _kem_keeper(tmp_path / "l.db", register=False, resume=True)
+
+
+def test_a_resume_with_another_master_secret_is_refused_by_name(tmp_path):
+    keeper = _kem_keeper(tmp_path / "l.db", register=False)
+    _two_rounds(keeper, "cryptography")
+    other = bytes(reversed(MASTER))
+    with pytest.raises(LedgerIntegrityError, match="master secret the run started with"):
+        _kem_keeper(tmp_path / "l.db", register=False, resume=True, master=other)
+    _kem_keeper(tmp_path / "l.db", register=False, resume=True).close()  # the same one: fine
 
 
 def test_without_secure_aggregation_genesis_registers_no_kem_keys(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 
 import pytest
@@ -14,11 +15,15 @@ from hypothesis import strategies as st
 from ledger.crypto import signer_from_seed
 from ledger.keys import (
     KEY_SALT,
+    MASTER_SECRET_ENV,
     ROLES,
     SEED_BYTES,
     derive_seed,
     key_info,
+    master_secret_from_env,
+    master_secret_from_hex,
     master_secret_from_run_seed,
+    run_master_secret,
 )
 
 MASTER = bytes(range(100, 132))
@@ -99,6 +104,41 @@ def test_master_secret_from_run_seed_is_documented_sha256() -> None:
         label = b"qfl/master-secret/v1/run-seed/" + str(seed).encode()
         assert master_secret_from_run_seed(seed) == hashlib.sha256(label).digest()
     assert len({master_secret_from_run_seed(s) for s in range(-50, 50)}) == 100
+
+
+def test_a_given_secret_is_mixed_with_the_run_seed_by_documented_hmac() -> None:
+    secret = bytes(range(7, 47))
+    for seed in (0, 1, -3):
+        label = hashlib.sha256(b"qfl/master-secret/v1/run-seed/" + str(seed).encode()).digest()
+        expected = hmac.new(secret, label, hashlib.sha256).digest()
+        assert run_master_secret(seed, secret) == expected
+    # replicates of a sweep (other seeds) and other secrets get other keys and noise
+    assert run_master_secret(0, secret) != run_master_secret(1, secret)
+    assert run_master_secret(0, secret) != run_master_secret(0, bytes(40))
+    # without a secret: the documented, reproducible (and forgeable) run-seed secret
+    assert run_master_secret(5) == master_secret_from_run_seed(5)
+    assert run_master_secret(5, secret) != run_master_secret(5)
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        run_master_secret(0, bytes(31))
+
+
+def test_master_secret_from_the_environment_is_hex_of_32_bytes_or_more() -> None:
+    secret = bytes(range(32))
+    assert master_secret_from_env({MASTER_SECRET_ENV: secret.hex()}) == secret
+    assert master_secret_from_env({MASTER_SECRET_ENV: f" {secret.hex().upper()}\n"}) == secret
+    assert master_secret_from_env({}) is None
+    assert master_secret_from_env({MASTER_SECRET_ENV: "  "}) is None
+    assert master_secret_from_hex("ab" * 48) == bytes([0xAB]) * 48
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("zz" * 32, "hex digits"), ("ab" * 31, "has 31 bytes"), ("abc", "hex digits")],
+)
+def test_a_bad_environment_secret_is_named_but_never_echoed(text: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle) as info:
+        master_secret_from_env({MASTER_SECRET_ENV: text})
+    assert MASTER_SECRET_ENV in str(info.value) and text not in str(info.value)
 
 
 @pytest.mark.parametrize("seed", [True, 1.5, "7", None, b"\x07"])

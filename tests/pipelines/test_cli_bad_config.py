@@ -79,6 +79,24 @@ def test_bad_config_exits_2(
     assert sorted(p.name for p in tmp_path.iterdir()) == ([] if text is None else ["bad.yaml"])
 
 
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_bad_master_secret_in_the_environment_exits_2_without_echoing_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(QUICKSTART, "good.yaml")
+    monkeypatch.setenv("QFL_MASTER_SECRET", "c0ffee" * 5)  # 15 bytes: too short
+    grid = ["--grid", "train.lr=0.1,0.2"] if command == "sweep" else []
+    assert main([command, "good.yaml", *grid]) == EXIT_CONFIG
+    out, err = capsys.readouterr()
+    assert "config error" in err and "QFL_MASTER_SECRET has 15 bytes" in err
+    assert "c0ffee" not in out + err
+    assert_no_side_effects(tmp_path)
+
+
 BAD_SET = [
     ("no_equals", "federation.rounds", "federation.rounds"),
     ("empty_segment", "federation..rounds=3", "federation..rounds"),
