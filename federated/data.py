@@ -43,6 +43,7 @@ __all__ = [
     "partition_dirichlet",
     "partition_iid",
     "partition_shards",
+    "pooled_client_data",
     "standardize",
 ]
 
@@ -588,6 +589,13 @@ def partition(
 
 
 # --------------------------------------------------------------------------- assembly
+
+
+def pooled_client_data(data: FederatedData) -> ArrayDataset:
+    """Every client's training rows, client after client: the mean loss over them is the
+    federated objective F(w) = sum_k n_k / n F_k(w) (n_k: client k's rows, n their sum)."""
+    rows = np.concatenate([*data.client_indices, np.zeros(0, dtype=np.int64)])
+    return ArrayDataset(data.train.x[rows], data.train.y[rows])
 
 
 def build_federated_data(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +31,14 @@ from actors.pool import ClientPool, RoundResult
 from federated.aggregate import PrivateStep
 from federated.attacks import select_attackers
 from federated.client import LocalPrivacy
-from federated.data import FederatedData, build_federated_data
+from federated.data import ArrayDataset, FederatedData, build_federated_data, pooled_client_data
 from federated.messages import ClientTask
 from federated.models import build_model, get_flat, quantum_param_mask, set_flat, weights_hash
 from federated.privacy import PrivacyAccountant, noise_rng, resolve_noise_multiplier, sample_rate
 from federated.sampling import client_seed, round_rng, sample_clients
 from federated.train import evaluate
 from ledger.keeper import RoundClosed, RoundPlan, SigningSpec, placement_for
-from ledger.keys import master_secret_from_run_seed
+from ledger.keys import run_master_secret
 from ledger.records import Fallback
 from ledger.store import head_height as ledger_head_height
 from pipelines.checkpoint import (
@@ -81,23 +81,29 @@ class RoundRecord(BaseModel):
     sign_seconds: float = 0.0  # summed over the round's clients
     verify_seconds: float = 0.0  # the contract's checks of the round's updates
     extra: dict[str, float] = {}  # orchestration: paths, per-kind loss, resources, plan
+    train_loss: float | None = None  # F(w_t) on the clients' data (federation.train_loss)
 
     def metrics(self) -> dict[str, float]:
-        return self.extra | {
-            "accepted_updates": self.accepted,
-            "rejected_updates": self.rejected,
-            "ledger_height": self.ledger_height,
-            "sign_seconds": self.sign_seconds,
-            "verify_seconds": self.verify_seconds,
-            "test_accuracy": self.test_accuracy,
-            "test_loss": self.test_loss,
-            "mean_client_loss": self.mean_client_loss,
-            "participants": self.participants,
-            "failed_clients": self.failed,
-            "bytes_down": self.bytes_down,
-            "bytes_up": self.bytes_up,
-            "round_seconds": self.seconds,
-        }
+        objective = {} if self.train_loss is None else {"train_loss": self.train_loss}
+        return (
+            self.extra
+            | objective
+            | {
+                "accepted_updates": self.accepted,
+                "rejected_updates": self.rejected,
+                "ledger_height": self.ledger_height,
+                "sign_seconds": self.sign_seconds,
+                "verify_seconds": self.verify_seconds,
+                "test_accuracy": self.test_accuracy,
+                "test_loss": self.test_loss,
+                "mean_client_loss": self.mean_client_loss,
+                "participants": self.participants,
+                "failed_clients": self.failed,
+                "bytes_down": self.bytes_down,
+                "bytes_up": self.bytes_up,
+                "round_seconds": self.seconds,
+            }
+        )
 
 
 class LedgerRound(BaseModel):
@@ -188,8 +194,14 @@ def run_experiment(
     observer: RunObserver | None = None,
     config_source: str = "",
     resume: str | None = None,
+    master_secret: bytes | None = None,
 ) -> RunSummary:
     """Run `config` end to end and return its summary; the MLflow run ends FAILED on error.
+
+    `master_secret` (>= 32 bytes; the CLI reads `QFL_MASTER_SECRET`) derives every
+    signing key, ML-KEM key and noise seed of the run. Without one they derive from the
+    run seed: reproducible, but anyone with the config can forge the run's signatures
+    (tag `qfl.master_secret`: `run-seed` or `given`). A resume needs the same secret.
 
     `resume` names a run (its MLflow run id, also its folder under `output.runs_dir`)
     that stopped early: it continues from its last committed round, in the same MLflow
@@ -201,7 +213,11 @@ def run_experiment(
         run_dir = _resumable_run_dir(config, resume)
         tracker = Tracker.resume(tracking_uri, resume)
     else:
-        tags = {"seed": str(config.seed), "qfl.config_source": config_source}
+        tags = {
+            "seed": str(config.seed),
+            "qfl.config_source": config_source,
+            "qfl.master_secret": "run-seed" if master_secret is None else "given",
+        }
         commit = git_commit()
         if commit:
             tags |= {"git_commit": commit, "mlflow.source.git.commit": commit}
@@ -217,7 +233,15 @@ def run_experiment(
             tracker.log_artifact(run_dir / "config.yaml")
         observer.on_start(tracker.run_id, config.federation.rounds)
         with ray_session(config.ray, os.environ.get("RAY_ADDRESS")):
-            summary = _round_loop(config, data, tracker, run_dir, observer, resume is not None)
+            summary = _round_loop(
+                config,
+                data,
+                tracker,
+                run_dir,
+                observer,
+                resuming=resume is not None,
+                master_secret=master_secret,
+            )
     except KeyboardInterrupt:
         tracker.end("KILLED")
         raise
@@ -226,6 +250,21 @@ def run_experiment(
         raise
     tracker.end("FINISHED")
     return summary
+
+
+class _RoundUpdates:
+    """A round's updates as object-store parts, and the keeper's admission of each."""
+
+    def __init__(self, keeper: ray.actor.ActorHandle | None) -> None:
+        self.keeper = keeper
+        self.parts: list[ray.ObjectRef] = []
+        self.admissions: list[ray.ObjectRef] = []
+        self.streamed = False  # admitted part by part while the rest trained
+
+    def add(self, updates: list) -> None:
+        self.parts.append(ray.put(updates))
+        if self.keeper is not None:
+            self.admissions.append(self.keeper.admit.remote(self.parts[-1]))
 
 
 class Federation:
@@ -239,8 +278,11 @@ class Federation:
         run_id: str = "",
         ledger_path: Path | None = None,
         resume: Checkpoint | None = None,
+        master_secret: bytes | None = None,
     ):
-        """`resume`: continue after the checkpoint's round (weights and driver state)."""
+        """`resume`: continue after the checkpoint's round (weights and driver state).
+        `master_secret`: the secret the run's keys and noise seeds derive from, with the
+        run seed (`ledger.keys.run_master_secret`; None: from the run seed alone)."""
         fed = config.federation
         self.config = config
         self.data = data
@@ -252,7 +294,9 @@ class Federation:
             quantum=config.quantum,
         )
         self.weights = get_flat(self.model)
-        self.master_secret = master_secret_from_run_seed(config.seed)
+        # F(w) = sum_k n_k / n F_k(w): the mean loss over the rows some client holds
+        self.objective = pooled_client_data(data) if fed.train_loss else None
+        self.master_secret = run_master_secret(config.seed, master_secret)
         self.privacy = self._start_privacy()
         self.orchestrator, self.monitor = self._start_orchestration()
         self.conditions = RoundConditions.from_config(  # simulated network, energy account
@@ -400,7 +444,7 @@ class Federation:
         return self._snapshot
 
     def _start_ledger(self, run_id: str, path: Path, resume: bool = False):
-        """Write genesis (keys from the run seed), or reopen a resumed run's ledger; return
+        """Write genesis (keys from the master secret), or reopen a resumed run's ledger; return
         the keeper and the signing spec."""
         master = self.master_secret
         ledger = self.config.ledger
@@ -474,70 +518,27 @@ class Federation:
         round_start = time.perf_counter()
         tasks = self.tasks(t, self.sample(t))
         weights_ref = ray.put(self.weights)
-        sizes = [len(self.data.client_indices[task.client_id]) for task in tasks]
-        timeout = self.config.ray.round_timeout_s
-        # The updates go to the store in parts, each serialised once: the ledger keeper
-        # admits a part while the rest train (unless the simulated network may still drop
-        # a late one), and the aggregator averages the accepted ones from the same parts.
-        parts: list[ray.ObjectRef] = []
-        admissions: list[ray.ObjectRef] = []
-
-        def admit(updates: list) -> None:
-            parts.append(ray.put(updates))
-            if self.keeper is not None:
-                admissions.append(self.keeper.admit.remote(parts[-1]))
-
-        stream = self.keeper is not None and not self.conditions.drops_updates
-        if self.secure is None:  # the previous round commits while this one trains
-            result = self.pool.run_round(
-                weights_ref,
-                tasks,
-                timeout,
-                sizes,
-                during=self.commit,
-                on_updates=admit if stream else None,
-            )
-        else:  # masked inputs only; the secure round's stages run one after another
-            self.commit()
-            result = self.secure.run_round(weights_ref, tasks, timeout, sizes)
+        updates = _RoundUpdates(self.keeper)
+        result = self._train(weights_ref, tasks, updates)
         times = {"time.train_s": time.perf_counter() - round_start}
         result = self.conditions.apply(t, self.weights.nbytes, result)  # stragglers: failures
-        ledger = LedgerRound()
-        accepted_ids = {u.client_id for u in result.updates}
         phase = time.perf_counter()
-        if not stream and result.updates and (self.keeper is not None or self.secure is None):
-            admit(result.updates)
-        if admissions:
-            accepted_ids = set()
-            for admitted_ids, rejections, seconds in self._get(admissions):
-                accepted_ids.update(admitted_ids)
-                ledger.rejected += len(rejections)
-                ledger.verify_seconds += seconds
-        accepted = [u for u in result.updates if u.client_id in accepted_ids]
-        aggregation: dict[str, float] = {}
+        ledger = LedgerRound(sign_seconds=sum(u.sign_seconds for u in result.updates))
+        accepted_ids = self._admitted(result, updates, ledger)
         times["time.ledger_s"], phase = _since(phase)
-        if self.secure is not None:  # unmask the sum of the admitted masked inputs
-            self.weights, aggregation = self.secure.aggregate(
-                t, self.weights, accepted_ids, result, self._private_step(t, len(tasks))
-            )
-        elif accepted:
-            aggregated = self.aggregator.aggregate_with_info.remote(
-                weights_ref,
-                *parts,
-                accepted=accepted_ids,
-                reliability=self._reliability(accepted_ids),
-                private=self._private_step(t, len(tasks)),
-            )
-            self.weights, info = self._get(aggregated)
-            aggregation = info.metrics()
-        if self.privacy is not None:
-            self.privacy.step()  # the round released an aggregate: it spends budget
-            aggregation |= self.privacy.metrics()
+        aggregation = self._aggregate(t, weights_ref, updates, accepted_ids, result, len(tasks))
         times["time.aggregate_s"], phase = _since(phase)
-        ledger.accepted = len(accepted)
-        ledger.sign_seconds = sum(u.sign_seconds for u in result.updates)
+        ledger.accepted = sum(u.client_id in accepted_ids for u in result.updates)
         record = _record(
-            t + 1, self.model, self.weights, self.data, result, len(tasks), round_start, ledger
+            t + 1,
+            self.model,
+            self.weights,
+            self.data,
+            result,
+            len(tasks),
+            round_start,
+            ledger,
+            self.objective,
         )
         times["time.eval_s"], phase = _since(phase)
         fallbacks, extra = (), aggregation | _quantum_work(result.updates)
@@ -547,18 +548,105 @@ class Federation:
             extra = extra | orchestration
         phase = time.perf_counter()
         if self.keeper is not None:
-            # The closing block's beacon and transactions are fixed now (unless this is
-            # the last round, it also opens round t+1: the plan is final); `certify`
-            # certifies it in the background while the next round trains, and `settle`
-            # (the round's commit) waits for it and surfaces its errors.
-            metrics = {"test_accuracy": record.test_accuracy, "test_loss": record.test_loss}
-            metrics |= secagg_ledger_metrics(aggregation)  # secagg_failed, ... (if secagg)
-            closed: RoundClosed = self._get(self._close(t, metrics, fallbacks, last))
-            self._next_plan = closed.next
-            self._uncertified = True
-            record = record.model_copy(update={"ledger_height": closed.height})
+            height = self._begin_close(t, record, aggregation, fallbacks, last)
+            record = record.model_copy(update={"ledger_height": height})
         times["time.ledger_s"] += time.perf_counter() - phase
         return record.model_copy(update={"extra": extra | times}), result
+
+    def _train(
+        self, weights_ref: ray.ObjectRef, tasks: list[ClientTask], updates: _RoundUpdates
+    ) -> RoundResult:
+        """Round t's local training; the previous round commits meanwhile (not secagg).
+
+        The updates go to the store in parts, each serialised once: the ledger keeper
+        admits a part while the rest train (unless the simulated network may still drop
+        a late one), and the aggregator averages the accepted ones from the same parts.
+        """
+        sizes = [len(self.data.client_indices[task.client_id]) for task in tasks]
+        timeout = self.config.ray.round_timeout_s
+        if self.secure is not None:  # masked inputs only; the stages run one after another
+            self.commit()
+            return self.secure.run_round(weights_ref, tasks, timeout, sizes)
+        updates.streamed = self.keeper is not None and not self.conditions.drops_updates
+        return self.pool.run_round(
+            weights_ref,
+            tasks,
+            timeout,
+            sizes,
+            during=self.commit,
+            on_updates=updates.add if updates.streamed else None,
+        )
+
+    def _admitted(
+        self, result: RoundResult, updates: _RoundUpdates, ledger: LedgerRound
+    ) -> set[int]:
+        """The clients whose updates the ledger's contract admitted (all, without a ledger).
+
+        Updates not streamed go to the store now, for the keeper and the aggregator (a
+        secure round without a ledger aggregates its masked inputs itself)."""
+        wanted = self.keeper is not None or self.secure is None
+        if not updates.streamed and result.updates and wanted:
+            updates.add(result.updates)
+        if not updates.admissions:
+            return {u.client_id for u in result.updates}
+        accepted: set[int] = set()
+        for admitted_ids, rejections, seconds in self._get(updates.admissions):
+            accepted.update(admitted_ids)
+            ledger.rejected += len(rejections)
+            ledger.verify_seconds += seconds
+        return accepted
+
+    def _aggregate(
+        self,
+        t: int,
+        weights_ref: ray.ObjectRef,
+        updates: _RoundUpdates,
+        accepted: set[int],
+        result: RoundResult,
+        sampled: int,
+    ) -> dict[str, float]:
+        """New global weights from the accepted updates; the aggregation's metrics."""
+        aggregation: dict[str, float] = {}
+        if self.secure is not None:  # unmask the sum of the admitted masked inputs
+            self.weights, aggregation = self.secure.aggregate(
+                t, self.weights, accepted, result, self._private_step(t, sampled)
+            )
+        elif accepted:
+            aggregated = self.aggregator.aggregate_with_info.remote(
+                weights_ref,
+                *updates.parts,
+                accepted=accepted,
+                reliability=self._reliability(accepted),
+                private=self._private_step(t, sampled),
+            )
+            self.weights, info = self._get(aggregated)
+            aggregation = info.metrics()
+        if self.privacy is not None:
+            self.privacy.step()  # the round released an aggregate: it spends budget
+            aggregation |= self.privacy.metrics()
+        return aggregation
+
+    def _begin_close(
+        self,
+        t: int,
+        record: RoundRecord,
+        aggregation: dict[str, float],
+        fallbacks: Sequence[Fallback],
+        last: bool,
+    ) -> int:
+        """Fix round t's closing block; return its height.
+
+        Its beacon and transactions are fixed now (unless this is the last round, it also
+        opens round t+1: the plan is final); `certify` certifies it in the background
+        while the next round trains, and `settle` (the round's commit) waits for it and
+        surfaces its errors.
+        """
+        metrics = {"test_accuracy": record.test_accuracy, "test_loss": record.test_loss}
+        metrics |= secagg_ledger_metrics(aggregation)  # secagg_failed, ... (if secagg)
+        closed: RoundClosed = self._get(self._close(t, metrics, fallbacks, last))
+        self._next_plan = closed.next
+        self._uncertified = True
+        return closed.height
 
     def _reliability(self, clients: set[int]) -> dict[int, float] | None:
         if self.orchestrator is None:
@@ -654,7 +742,9 @@ def _round_loop(
     tracker: Tracker,
     run_dir: Path,
     observer: RunObserver,
+    *,
     resuming: bool = False,
+    master_secret: bytes | None = None,
 ) -> RunSummary:
     start = time.perf_counter()
     ledger_path = run_dir / "ledger.db"
@@ -666,7 +756,12 @@ def _round_loop(
         checkpoint = load_checkpoint(run_dir, head)
         history = _recover_history(run_dir, tracker, checkpoint.round)
     federation = Federation(
-        config, data, run_id=tracker.run_id, ledger_path=ledger_path, resume=checkpoint
+        config,
+        data,
+        run_id=tracker.run_id,
+        ledger_path=ledger_path,
+        resume=checkpoint,
+        master_secret=master_secret,
     )
     if checkpoint is None:
         save_checkpoint(run_dir, federation.checkpoint(0))
@@ -796,12 +891,15 @@ def _record(
     sampled: int,
     round_start: float,
     ledger: LedgerRound,
+    objective: ArrayDataset | None = None,
 ) -> RoundRecord:
+    """The round's record; `objective` (the clients' pooled data): train_loss on it too."""
     set_flat(model, weights)
     evaluation = evaluate(model, data.test)
     losses = [u.loss for u in result.updates]
     return RoundRecord(
         round=round_,
+        train_loss=None if objective is None else evaluate(model, objective).loss,
         test_accuracy=evaluation.accuracy,
         test_loss=evaluation.loss,
         mean_client_loss=float(np.mean(losses)) if losses else float("nan"),

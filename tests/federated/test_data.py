@@ -24,6 +24,7 @@ from federated.data import (
     partition_dirichlet,
     partition_iid,
     partition_shards,
+    pooled_client_data,
     standardize,
 )
 from qfl.errors import DataError, QflError
@@ -596,3 +597,21 @@ def test_pca_reduce_is_fitted_on_train_with_unit_variance():
 def test_class_and_pca_errors(kwargs, match):
     with pytest.raises(DataError, match=match):
         build_federated_data("digits", n_clients=2, partition="iid", seed=0, **kwargs)
+
+
+def test_pooled_client_data_weights_each_client_by_its_rows() -> None:
+    """The mean of any per-row loss over the pooled rows is sum_k n_k / n F_k (Eq. 8's F)."""
+    data = build_federated_data(
+        "digits", n_clients=5, partition="dirichlet", seed=3, alpha=0.3, test_fraction=0.3
+    )
+    pooled = pooled_client_data(data)
+    sizes = np.array([len(i) for i in data.client_indices])
+    assert len(pooled) == sizes.sum() and len(set(sizes)) > 1  # unequal clients
+
+    def loss(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # any per-row loss will do
+        return np.abs(x).sum(axis=1) * (1.0 + y)
+
+    per_client = [loss(data.train.x[i], data.train.y[i]).mean() for i in data.client_indices]
+    expected = float(np.dot(sizes / sizes.sum(), per_client))
+    assert float(loss(pooled.x, pooled.y).mean()) == pytest.approx(expected, rel=1e-9)
+    np.testing.assert_array_equal(pooled.x[: sizes[0]], data.train.x[data.client_indices[0]])

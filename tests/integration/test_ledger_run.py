@@ -6,12 +6,17 @@ import shutil
 import sqlite3
 
 import pytest
+import torch
 from conftest import QUICKSTART
 from mlflow.tracking import MlflowClient
 
+from federated.models import build_model
+from ledger.keeper import client_public_keys
+from ledger.keys import master_secret_from_run_seed, run_master_secret
+from ledger.store import open_readonly
 from pipelines.cli import main
 from pipelines.config import load_config
-from pipelines.run import run_experiment
+from pipelines.run import experiment_data, run_experiment
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -21,10 +26,18 @@ def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ledger-run")
     config = load_config(
         QUICKSTART,
-        ["federation.rounds=3", "federation.clients_per_round=6", f"output.runs_dir={tmp}/runs"],
+        [
+            "federation.rounds=3",
+            "federation.clients_per_round=6",
+            "federation.train_loss=true",
+            f"output.runs_dir={tmp}/runs",
+        ],
     )
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    return run_experiment(config, tracking_uri=uri), uri, tmp
+    return run_experiment(config, tracking_uri=uri, master_secret=SECRET), uri, tmp
+
+
+SECRET = bytes(range(1, 41))  # as QFL_MASTER_SECRET would give it
 
 
 def test_run_records_ledger_metrics_tags_and_artifact(finished_run):
@@ -41,6 +54,39 @@ def test_run_records_ledger_metrics_tags_and_artifact(finished_run):
     assert [m.value for m in rejected] == [0.0, 0.0, 0.0]
     assert all(m.value > 0 for m in client.get_metric_history(summary.run_id, "sign_seconds"))
     assert "ledger.db" in {a.path for a in client.list_artifacts(summary.run_id)}
+
+
+def test_a_given_master_secret_and_the_run_seed_derive_the_registered_keys(finished_run):
+    summary, uri, _ = finished_run
+    assert MlflowClient(uri).get_run(summary.run_id).data.tags["qfl.master_secret"] == "given"
+    with open_readonly(summary.ledger_path) as store:
+        (genesis,) = next(iter(store.blocks())).transactions
+    backend = genesis.crypto_backend
+    registered = dict(genesis.clients)
+    assert registered == client_public_keys(run_master_secret(0, SECRET), 8, backend)
+    forgeable = client_public_keys(master_secret_from_run_seed(0), 8, backend)
+    assert not set(registered.values()) & set(forgeable.values())
+
+
+def test_train_loss_is_the_final_models_loss_on_every_clients_data(finished_run):
+    """federation.train_loss: F(w_t) = sum_k n_k / n F_k(w_t), recomputed per client."""
+    summary, uri, _ = finished_run
+    history = MlflowClient(uri).get_metric_history(summary.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    config = load_config(summary.ledger_path.parent / "config.yaml")
+    data = experiment_data(config)
+    model = build_model(config.model, data.input_shape, data.num_classes, seed=config.seed)
+    model.load_state_dict(torch.load(summary.ledger_path.parent / "model.pt"))
+    model.eval()
+    sizes, losses = [], []
+    with torch.no_grad():
+        for rows in data.client_indices:
+            x, y = torch.from_numpy(data.train.x[rows]), torch.from_numpy(data.train.y[rows])
+            losses.append(torch.nn.functional.cross_entropy(model(x), y).item())
+            sizes.append(len(rows))
+    expected = sum(n * f for n, f in zip(sizes, losses, strict=True)) / sum(sizes)
+    assert history[-1].value == pytest.approx(expected, rel=1e-5)
+    assert history[0].value > history[-1].value  # it trains
 
 
 def test_cli_verifies_the_ledger_against_its_head(finished_run, capsys):
