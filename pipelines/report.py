@@ -284,6 +284,21 @@ def analysed_runs(runs: Iterable[RunData]) -> list[RunData]:
     return [r for r in runs if r.status == "FINISHED" and r.metrics.get(ACCURACY, Series()).steps]
 
 
+_NUMBER = re.compile(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)")
+
+
+def natural_key(parts: Sequence[str]) -> tuple[tuple[tuple[int, float, str], ...], ...]:
+    """Sort key for labels with numbers in them: 'eps=2' < 'eps=8' < 'eps=32'."""
+    return tuple(
+        tuple(
+            (0, float(piece), "") if i % 2 else (1, 0.0, piece)
+            for i, piece in enumerate(_NUMBER.split(part))
+            if piece
+        )
+        for part in parts
+    )
+
+
 def group_runs(runs: Sequence[RunData]) -> list[Configuration]:
     """Configurations: by tag `sweep.point`, else by config name plus the params that vary."""
     groups: dict[tuple[str, ...], list[RunData]] = {}
@@ -305,7 +320,7 @@ def group_runs(runs: Sequence[RunData]) -> list[Configuration]:
             key = ("name", name, *values)
             groups.setdefault(key, []).append(run)
             labels[key] = _join(name, ", ".join(values))
-    return [_configuration(labels[key], groups[key]) for key in sorted(groups)]
+    return [_configuration(labels[key], groups[key]) for key in sorted(groups, key=natural_key)]
 
 
 def _join(name: str, detail: str) -> str:

@@ -366,6 +366,19 @@ def test_report_models_are_pure_data():
     assert report.comparison[0].final_accuracy.mean == 0.5
 
 
+def test_configurations_with_numbers_sort_by_value_not_by_text():
+    def run(i: int, point: str) -> RunData:
+        series = {"test_accuracy": Series(steps=(1,), values=(0.5,))}
+        return RunData(
+            run_id=f"r{i}", params={"name": "dp"}, tags={"sweep.point": point}, metrics=series
+        )
+
+    points = ["eps=32", "eps=2", "eps=1e-3", "eps=8", "eps=0.5", "eps=[]"]
+    configs = group_runs([run(i, p) for i, p in enumerate(points)])
+    labels = [c.label.split("[", 1)[1] for c in configs]
+    assert labels == ["eps=1e-3]", "eps=0.5]", "eps=2]", "eps=8]", "eps=32]", "eps=[]]"]
+
+
 def test_cli_writes_report_and_names_unknown_experiments(store, capsys, monkeypatch):
     client, tmp = store
     exp = _experiment(client, tmp)
