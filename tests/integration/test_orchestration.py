@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 SMALL_OUTAGE = (
     "data.classes=[0,1,2,3]",
     "federation.clients=4",
-    "federation.rounds=8",
+    "federation.rounds=6",
     "train.epochs=1",
     "quantum.shots=256",
 )
@@ -65,7 +65,7 @@ def outage_runs(tmp_path_factory):
 
 def test_outage_run_completes_within_two_points_of_the_steady_run(outage_runs):
     (outage, _), (steady, _) = outage_runs
-    assert outage.rounds == steady.rounds == 8
+    assert outage.rounds == steady.rounds == 6
     assert steady.final_accuracy >= 0.9
     assert abs(outage.final_accuracy - steady.final_accuracy) <= 0.02
 
@@ -84,13 +84,13 @@ def test_fallbacks_are_on_the_ledger_with_their_reasons(outage_runs):
 def test_mlflow_counts_paths_and_resource_state_per_round(outage_runs):
     (summary, uri), _ = outage_runs
     run = summary.run_id
-    down = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]  # the outage windows, round by round
+    down = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]  # the outage windows, round by round
     assert _history(uri, run, "resource.qpu_a.available") == down
     assert _history(uri, run, "updates.quantum") == [4.0 * up for up in down]
     assert _history(uri, run, "updates.fallback") == [4.0 * (1 - up) for up in down]
-    assert _history(uri, run, "updates.classical") == [0.0] * 8
-    assert len(_history(uri, run, "client_loss.hybrid")) == 8
-    assert len(_history(uri, run, "resource.qpu_a.queue_length")) == 8
+    assert _history(uri, run, "updates.classical") == [0.0] * 6
+    assert len(_history(uri, run, "client_loss.hybrid")) == 6
+    assert len(_history(uri, run, "resource.qpu_a.queue_length")) == 6
     rounds = [json.loads(line) for line in (summary.run_dir / "rounds.jsonl").open()]
     reasons = [f["reason"] for r in rounds for f in r["fallbacks"]]
     assert len(reasons) == 16 and all("outage window" in reason for reason in reasons)
@@ -117,9 +117,11 @@ def test_a_resource_down_for_the_whole_run_gives_an_all_classical_run(tmp_path):
 @pytest.fixture(scope="module")
 def byzantine_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("byzantine")
-    clean = _run(tmp, "clean", "byzantine.yaml", "attack.kind=none", "attack.fraction=0")
-    fedavg = _run(tmp, "fedavg", "byzantine.yaml", "aggregation.rule=fedavg")
-    trimmed = _run(tmp, "trimmed", "byzantine.yaml")
+    # 6 of the config's 10 rounds: clean 0.916, FedAvg 0.122, trimmed mean 0.902
+    short = "federation.rounds=6"
+    clean = _run(tmp, "clean", "byzantine.yaml", short, "attack.kind=none", "attack.fraction=0")
+    fedavg = _run(tmp, "fedavg", "byzantine.yaml", short, "aggregation.rule=fedavg")
+    trimmed = _run(tmp, "trimmed", "byzantine.yaml", short)
     return clean[0], fedavg[0], trimmed[0]
 
 
@@ -138,10 +140,13 @@ def test_fedavg_under_the_same_attack_loses_more_than_ten_points(byzantine_runs)
 
 
 def test_hybrid_rule_beats_fedavg_when_half_the_quantum_clients_are_very_noisy(tmp_path):
-    hybrid, uri = _run(tmp_path, "hybrid", "noisy-half.yaml")
-    fedavg, _ = _run(tmp_path, "fedavg", "noisy-half.yaml", "aggregation.rule=fedavg")
+    # 4 of the config's 6 rounds: hybrid 0.751, FedAvg 0.503 (6 rounds: 0.912, 0.740)
+    hybrid, uri = _run(tmp_path, "hybrid", "noisy-half.yaml", "federation.rounds=4")
+    fedavg, _ = _run(
+        tmp_path, "fedavg", "noisy-half.yaml", "federation.rounds=4", "aggregation.rule=fedavg"
+    )
     assert hybrid.final_accuracy > fedavg.final_accuracy + 0.05
-    assert _history(uri, hybrid.run_id, "updates.quantum") == [6.0] * 6
+    assert _history(uri, hybrid.run_id, "updates.quantum") == [6.0] * 4
     # Eq. 7 shrinks the very noisy updates' quantum deltas
     assert min(_history(uri, hybrid.run_id, "agg_min_shrink")) < 0.5
 
@@ -174,11 +179,11 @@ def test_a_failing_quantum_job_falls_back_with_its_reason(tmp_path, overrides, e
         "fallback",
         "outage.yaml",
         *SMALL_OUTAGE,
-        "federation.rounds=2",
+        "federation.rounds=1",
         "resources[0].availability.outages=[]",
         *overrides,
     )
-    assert summary.rounds == 2
+    assert summary.rounds == 1
     reasons = _fallback_reasons(summary)
     assert reasons and all(expected in reason for reason in reasons), reasons
     fallbacks = _history(uri, summary.run_id, "updates.fallback")

@@ -29,7 +29,8 @@ def test_vqc_on_exact_executor_reaches_095(tmp_path):
 
 
 def test_vqc_on_noisy_aer_reaches_090(tmp_path):
-    summary, uri = _run(tmp_path, "digits-vqc-noisy.yaml")
+    # 3 of the config's 4 rounds: 0.983 measured (4 rounds: 1.00), 30 s less in CI
+    summary, uri = _run(tmp_path, "digits-vqc-noisy.yaml", "federation.rounds=3")
     assert summary.final_accuracy >= 0.90
     params = MlflowClient(uri).get_run(summary.run_id).data.params
     assert params["quantum.noise.p2"] == "0.01"

@@ -107,26 +107,30 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, ledger):
         assert report.rounds_closed == ROUNDS
 
 
-def test_resume_refuses_a_different_config(tmp_path):
-    first = _qfl(tmp_path, *_overrides(tmp_path, "ledger.enabled=false", "federation.rounds=1"))
-    _finish(first)
-    (run_id,) = [p.name for p in (tmp_path / "runs").iterdir()]
-    other = _qfl(
-        tmp_path,
-        *_overrides(tmp_path, "ledger.enabled=false", "federation.rounds=2"),
-        "--resume",
-        run_id,
+def test_resume_refuses_a_different_config(tmp_path, ray_local, clean_env, capsys):
+    from pipelines.cli import main
+    from pipelines.config import load_config
+    from pipelines.run import run_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = [*COMMON, "ledger.enabled=false", f"output.runs_dir={tmp_path / 'runs'}"]
+    first = run_experiment(
+        load_config(QUICKSTART, [*settings, "federation.rounds=1"]), tracking_uri=uri
     )
-    out, _ = other.communicate(timeout=300)
-    assert other.returncode == 1
-    assert "config differs" in out
+    overrides = [arg for item in settings for arg in ("--set", item)]
+    argv = ["run", str(QUICKSTART), *overrides, "--tracking-uri", uri, "--resume", first.run_id]
+    assert main([*argv, "--set", "federation.rounds=2"]) == 1
+    assert "config differs" in capsys.readouterr().err
 
 
-def test_resume_of_an_unknown_run_is_a_clear_error(tmp_path):
-    process = _qfl(tmp_path, *_overrides(tmp_path), "--resume", "no-such-run")
-    out, _ = process.communicate(timeout=300)
-    assert process.returncode == 1 and "no run folder" in out
-    assert not (REPO / "runs" / "no-such-run").exists()
+def test_resume_of_an_unknown_run_is_a_clear_error(tmp_path, clean_env, capsys):
+    from pipelines.cli import main
+
+    runs = tmp_path / "runs"
+    argv = ["run", str(QUICKSTART), "--set", f"output.runs_dir={runs}", "--resume", "no-such"]
+    assert main([*argv, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 1
+    assert "no run folder" in capsys.readouterr().err
+    assert not (runs / "no-such").exists() and not (REPO / "runs" / "no-such").exists()
 
 
 def test_a_crash_between_a_block_and_its_checkpoint_resumes_from_the_block(
