@@ -1,9 +1,10 @@
 """Ray actor shell around `federated.client.ClientRunner`.
 
-Besides plain training (`train`), the actor serves the client steps of a secure-aggregation
-round (`secure_*`, driven by pipelines/secure_round.py); each client's protocol state stays
-in this actor for the round. `inject_fault` is a test-only hook (no configuration reaches
-it) that makes a client's step fail, or kills the whole runner, at a chosen stage.
+Besides plain training (`train_batch`: a batch of clients in one call; `train`: one), the
+actor serves the client steps of a secure-aggregation round (`secure_*`, driven by
+pipelines/secure_round.py); each client's protocol state stays in this actor for the round.
+`inject_fault` is a test-only hook (no configuration reaches it) that makes a client's
+step fail, or kills the whole runner, at a chosen stage.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import numpy as np
 import ray
 import torch
 
-from federated.client import ClientRunner, SecAggSpec, SecureMasked, SecureTrained
+from federated.client import (
+    ClientRunner,
+    SecAggSpec,
+    SecureMasked,
+    SecureTrained,
+    train_batch,
+)
 from federated.data import FederatedData
-from federated.messages import ClientTask, ClientUpdate
+from federated.messages import ClientTask, ClientUpdate, TrainedBatch
 from federated.models import ModelConfig
 from federated.secagg import (
     KeyExchange,
@@ -58,6 +65,10 @@ class ClientRunnerActor:
     def train(self, weights: np.ndarray, task: ClientTask) -> ClientUpdate:
         self._fault(task.round, task.client_id, "train")
         return self._runner.run(task, weights)
+
+    def train_batch(self, weights: np.ndarray, tasks: Sequence[ClientTask]) -> TrainedBatch:
+        """`train` each task in turn; a client that raises is a failure in the answer."""
+        return train_batch(tasks, lambda task: self.train(weights, task))
 
     def ready(self) -> bool:
         return True

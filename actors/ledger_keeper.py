@@ -7,13 +7,13 @@ created here and owned by this actor; with ``in_process`` they all live inside i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import ray
 
 from actors.validator import RayValidatorHost
-from federated.messages import ClientUpdate
+from federated.messages import ClientUpdate, TrainedBatch, batch_updates
 from federated.sampling import sample_clients
 from ledger.consensus import Decision, Tamper
 from ledger.keeper import (
@@ -73,9 +73,11 @@ class LedgerKeeperActor:
             round_, n_clients, per_round, sample or sample_clients, assign
         )
 
-    def admit(self, updates: list[ClientUpdate]) -> tuple[list[int], list[Rejection], float]:
-        """Validate a round's updates, sent as one batch (one object, not one ref each)."""
-        return self._keeper.admit([(u.record, u.delta) for u in updates])
+    def admit(
+        self, part: TrainedBatch | Sequence[ClientUpdate]
+    ) -> tuple[list[int], list[Rejection], float]:
+        """Validate a part of a round's updates (one object, not one ref each)."""
+        return self._keeper.admit([(u.record, u.delta) for u in batch_updates(part)])
 
     def close_round(
         self,

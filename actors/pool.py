@@ -1,10 +1,11 @@
 """Driver-side handle on the client-runner actors: dispatch a round, collect, time out.
 
 A round's tasks are planned onto the runners up front (longest first, by the
-clients' data sizes: `federated.client.balance`) and submitted at once, so
-each runner's queue is full from the start; one `ray.wait` with the round
-deadline collects them. A task that raises, a runner that dies, or a client
-still unanswered at the deadline becomes a `ClientFailure`: failures are data.
+clients' data sizes: `federated.client.balance`) and submitted at once, in a
+few batches per runner, so each runner's queue is full from the start; the
+batches are collected as they finish, until the round deadline. A client whose
+training raises, a runner that dies, or a batch still unanswered at the
+deadline becomes a `ClientFailure` per client: failures are data.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from actors.client_runner import ClientRunnerActor
-from federated.client import SecAggSpec, SecureTrained, balance
+from federated.client import SecAggSpec, SecureTrained, balance, batch_plan
 from federated.data import FederatedData
-from federated.messages import ClientFailure, ClientTask, ClientUpdate
+from federated.messages import ClientFailure, ClientTask, ClientUpdate, TrainedBatch, error_reason
 from federated.models import ModelConfig
 from federated.train import TrainConfig
 from ledger.keeper import SigningSpec
@@ -31,8 +32,10 @@ class RoundResult:
     """What came back from one round's dispatch, in client-id order."""
 
     updates: list[ClientUpdate] = field(default_factory=list)
-    refs: list[ray.ObjectRef] = field(default_factory=list)  # same order as updates
     failures: list[ClientFailure] = field(default_factory=list)
+    # the runners' answers in the store (`TrainedBatch`es) that hold exactly `updates`,
+    # for the keeper and the aggregator to read; empty once `updates` is filtered
+    parts: list[ray.ObjectRef] = field(default_factory=list)
 
 
 class ClientPool:
@@ -79,55 +82,60 @@ class ClientPool:
         timeout_s: float,
         costs: Sequence[float] | None = None,
         during: Callable[[], None] | None = None,
-        on_updates: Callable[[list[ClientUpdate]], None] | None = None,
-        parts: int = 4,
+        on_part: Callable[[ray.ObjectRef], None] | None = None,
     ) -> RoundResult:
         """Train every task's client from `weights_ref`; never raises for a client's fault.
 
-        `during` runs in the driver once every task is submitted, while they train. With
-        `on_updates`, the updates are collected in about `parts` parts as they finish,
-        each passed to it at once (e.g. to be validated while the rest train); the
-        result is the same, in client-id order.
+        Each runner gets its clients in a few batches (`federated.client.batch_plan`),
+        not one call per client: a call costs the driver, Ray and the runner far more
+        than a small model's local training. `during` runs in the driver once every
+        batch is submitted, while they train. A batch answered in full is a part of
+        the round (`RoundResult.parts`): `on_part` gets its object ref at once (e.g. to
+        have it validated while the rest train). The result is in client-id order.
         """
-        submitted, _ = self._submit("train", weights_ref, tasks, costs)
+        plan = balance(costs if costs is not None else [1.0] * len(tasks), len(self.actors))
+        submitted = {
+            self.actors[slot].train_batch.remote(weights_ref, [tasks[i] for i in batch]): [
+                tasks[i] for i in batch
+            ]
+            for slot, batch in batch_plan(plan, len(self.actors))
+        }
         if during is not None:
             during()
-        if on_updates is None:
-            ready, failures = self._wait(submitted, timeout_s)
-            return _collect([(submitted[ref], ref) for ref in ready], failures)
-        return self._stream(submitted, timeout_s, on_updates, parts)
+        return self._gather(submitted, timeout_s, on_part)
 
-    def _stream(
+    def _gather(
         self,
-        submitted: dict[ray.ObjectRef, ClientTask],
+        submitted: dict[ray.ObjectRef, list[ClientTask]],
         timeout_s: float,
-        on_updates: Callable[[list[ClientUpdate]], None],
-        parts: int,
+        on_part: Callable[[ray.ObjectRef], None] | None,
     ) -> RoundResult:
-        """`_wait` and `_collect` part by part; the unanswered at the deadline fail."""
+        """Collect the batches as they finish; those unanswered at the deadline fail.
+
+        A batch that raised (its runner died) fails all its clients; one still running at
+        the deadline fails all its clients too, including any it had already trained.
+        """
         deadline = time.monotonic() + timeout_s
-        pending, size = list(submitted), max(1, -(-len(submitted) // max(1, parts)))
-        result = RoundResult()
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            ready, pending = ray.wait(
-                pending, num_returns=min(size, len(pending)), timeout=remaining, fetch_local=False
-            )
-            part = _collect([(submitted[ref], ref) for ref in ready], [])
-            result.updates += part.updates
-            result.refs += part.refs
-            result.failures += part.failures
-            if part.updates:
-                on_updates(part.updates)
+        pending, result = list(submitted), RoundResult()
+        while pending and (remaining := deadline - time.monotonic()) > 0:
+            ready, pending = ray.wait(pending, timeout=remaining, fetch_local=False)
+            for ref in ready:
+                try:
+                    batch: TrainedBatch = ray.get(ref, timeout=60)
+                except (RayTaskError, RayActorError, GetTimeoutError) as exc:
+                    result.failures += [_failure(task, _reason(exc)) for task in submitted[ref]]
+                    continue
+                result.updates += batch.updates
+                result.failures += batch.failures
+                if batch.updates:
+                    result.parts.append(ref)
+                    if on_part is not None:
+                        on_part(ref)
         for ref in pending:
             ray.cancel(ref)
             reason = f"no answer within the round timeout ({timeout_s}s)"
-            result.failures.append(_failure(submitted[ref], reason))
-        order = sorted(range(len(result.updates)), key=lambda i: result.updates[i].client_id)
-        result.updates = [result.updates[i] for i in order]
-        result.refs = [result.refs[i] for i in order]
+            result.failures += [_failure(task, reason) for task in submitted[ref]]
+        result.updates.sort(key=lambda u: u.client_id)
         result.failures.sort(key=lambda f: f.client_id)
         return result
 
@@ -229,7 +237,6 @@ def _collect(done: list[tuple[ClientTask, ray.ObjectRef]], failures: list[Client
                 result.failures.append(_failure(task, _reason(exc)))
                 continue
         result.updates.append(update)
-        result.refs.append(ref)
     result.failures.sort(key=lambda f: f.client_id)
     return result
 
@@ -239,7 +246,6 @@ def _failure(task: ClientTask, reason: str) -> ClientFailure:
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, RayTaskError):
-        cause = exc.cause if exc.cause is not None else exc
-        return f"{type(cause).__name__}: {cause}"[:500]
-    return f"{type(exc).__name__}: {exc}"[:500]
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        return error_reason(exc.cause)
+    return error_reason(exc)

@@ -6,15 +6,20 @@ block whose beacon samples the clients, dispatch with deadline, ML-DSA-65
 signing of every update, the contract's checks, aggregator actor, evaluation,
 a certified block of updates and RoundClose, MLflow metrics, rounds.jsonl,
 checkpoint); the bare round submits the same `train` calls round-robin to the
-same actors, gathers them with one `ray.get` and applies FedAvg in the driver.
-The two alternate in blocks of consecutive rounds (`--block`, 4 by default), so that both
-see the same machine state: qfl commits a round (its ledger block certified, checkpoint,
-MLflow metrics) while the next one trains, so a qfl round's cost shows only over
-consecutive rounds; each block of qfl rounds ends with its last round's commit.
+same actors, one call per client, gathers them with one `ray.get` and applies FedAvg
+in the driver. A third kind, the batched bare round, is the bare round with qfl's
+dispatch (each runner gets its clients in a few batches, `ClientPool.run_round`) and
+nothing else: qfl against it is the cost of the ledger, signing checks, aggregator,
+evaluation, MLflow and checkpoints alone, printed beside F1.
 
-    python benchmarks/round_overhead.py [--rounds 20] [--clients 100] [--no-ledger]
+The kinds alternate in blocks of consecutive rounds (`--block`, 4 by default), so that
+all see the same machine state: qfl commits a round (its ledger block certified,
+checkpoint, MLflow metrics) while the next one trains, so a qfl round's cost shows only
+over consecutive rounds; each block of qfl rounds ends with its last round's commit.
 
-The last line is `F1 <ratio>`: the median over block pairs of a qfl block's time over the
+    python benchmarks/round_overhead.py [--rounds 32] [--clients 100] [--no-ledger]
+
+The last line is `F1 <ratio>`: the median over blocks of a qfl block's time over the
 bare block's right after it (target <= 1.25).
 """
 
@@ -49,6 +54,24 @@ def bare_round(federation: Federation, t: int) -> None:
     updates = ray.get(refs)
     delta = fedavg([u.delta for u in updates], [u.num_samples for u in updates])
     apply_update(federation.weights, delta)
+
+
+def batched_round(federation: Federation, t: int) -> None:
+    """The bare round with qfl's dispatch: each runner gets its clients in a few batches."""
+    weights_ref = ray.put(federation.weights)
+    fed = federation.config.federation
+    clients = sample_clients(fed.clients, fed.per_round, round_rng(federation.config.seed, t))
+    result = federation.pool.run_round(weights_ref, federation.tasks(t, clients), 600.0)
+    delta = fedavg([u.delta for u in result.updates], [u.num_samples for u in result.updates])
+    apply_update(federation.weights, delta)
+
+
+def _block(round_fn, rounds: range) -> float:
+    """Seconds per round of `round_fn` over consecutive `rounds`."""
+    start = time.perf_counter()
+    for t in rounds:
+        round_fn(t)
+    return (time.perf_counter() - start) / len(rounds)
 
 
 def main() -> None:
@@ -90,42 +113,51 @@ def main() -> None:
     run_dir = workdir / "runs" / tracker.run_id
     run_dir.mkdir(parents=True)
     federation = Federation(config, data, run_id=tracker.run_id, ledger_path=run_dir / "ledger.db")
-    qfl_times, bare_times = [], []
+    times: dict[str, list[float]] = {"qfl": [], "bare": [], "batched": []}
+
+    def qfl_round(t: int) -> None:
+        run_round(federation, tracker, run_dir, t)
+        if t % args.block == args.block - 1:
+            federation.commit()  # the block's last round commits inside its time
+
+    kinds = {
+        "qfl": qfl_round,
+        "bare": lambda t: bare_round(federation, t),
+        "batched": lambda t: batched_round(federation, t),
+    }
     t = 0
     for block in range(-(-(args.warmup + args.rounds) // args.block)):
-        # Blocks of consecutive rounds: a qfl round commits the previous one (its ledger
-        # block, checkpoint and metrics) while it trains, so its rounds run back to back,
-        # and the block ends with the last commit; then as many bare rounds.
-        start = time.perf_counter()
-        for i in range(args.block):
-            run_round(federation, tracker, run_dir, t + i)
-        federation.commit()  # the block's last round commits inside its time
-        qfl_s = (time.perf_counter() - start) / args.block
-        start = time.perf_counter()
-        for i in range(args.block):
-            bare_round(federation, t + i)
-        bare_s = (time.perf_counter() - start) / args.block
+        # Blocks of consecutive rounds of each kind in turn: a qfl round commits the
+        # previous one (its ledger block, checkpoint and metrics) while it trains, so its
+        # rounds run back to back, and the block ends with the last commit.
+        rounds = range(t, t + args.block)
+        measured = {kind: _block(fn, rounds) for kind, fn in kinds.items()}
         t += args.block
         if block * args.block >= args.warmup:
-            qfl_times.append(qfl_s)
-            bare_times.append(bare_s)
+            for kind, seconds in measured.items():
+                times[kind].append(seconds)
     tracker.end()
     ray.shutdown()
-    qfl_med, bare_med = statistics.median(qfl_times), statistics.median(bare_times)
-    # each qfl block against the bare block right after it: the pair saw the same machine
-    ratio = statistics.median(q / b for q, b in zip(qfl_times, bare_times, strict=True))
+    med = {kind: statistics.median(v) for kind, v in times.items()}
+    # each qfl block against the bare blocks right after it: they saw the same machine
+    ratio = {
+        kind: statistics.median(q / b for q, b in zip(times["qfl"], times[kind], strict=True))
+        for kind in ("bare", "batched")
+    }
     print(f"clients per round      {args.clients}")
     placement = federation.validator_placement
     ledger = "off" if args.no_ledger else f"on (4 validators, {placement})"
     print(f"ledger                 {ledger}")
     print(
-        f"rounds measured        {len(qfl_times) * args.block} of each, in blocks of "
+        f"rounds measured        {len(times['qfl']) * args.block} of each, in blocks of "
         f"{args.block} (after {args.warmup} warm-up)"
     )
-    print(f"qfl round  median      {qfl_med * 1000:.1f} ms (over blocks: block time / rounds)")
-    print(f"bare round median      {bare_med * 1000:.1f} ms")
-    print(f"ratio of the medians   {qfl_med / bare_med:.3f}")
-    print(f"F1 {ratio:.3f}")
+    print(f"qfl round  median      {med['qfl'] * 1000:.1f} ms (over blocks: block time / rounds)")
+    print(f"bare round median      {med['bare'] * 1000:.1f} ms (one call per client)")
+    print(f"batched bare median    {med['batched'] * 1000:.1f} ms (qfl's batched dispatch alone)")
+    print(f"qfl / batched bare     {ratio['batched']:.3f} (the cost of everything but dispatch)")
+    print(f"ratio of the medians   {med['qfl'] / med['bare']:.3f}")
+    print(f"F1 {ratio['bare']:.3f}")
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,7 +36,7 @@ from torch import nn
 from federated.attacks import AttackConfig, attack_rng, corrupt_delta, poison_data
 from federated.crosscheck import CrossCheckConfig, cross_check
 from federated.data import ArrayDataset, FederatedData
-from federated.messages import ClientTask, ClientUpdate
+from federated.messages import ClientFailure, ClientTask, ClientUpdate, TrainedBatch, error_reason
 from federated.models import (
     ModelConfig,
     build_model,
@@ -599,6 +600,58 @@ class ClientRunner:
         if verifier is None:
             verifier = self._verifiers[backend] = Verifier(backend)
         return verifier
+
+
+def train_batch(
+    tasks: Sequence[ClientTask], train: Callable[[ClientTask], ClientUpdate]
+) -> TrainedBatch:
+    """`train` each task in turn; a client whose training raises becomes a failure.
+
+    One client's fault (an unregistered id, a quantum job that cannot fall back, a
+    bug) must not cost the others of its batch their updates.
+    """
+    updates, failures = [], []
+    for task in tasks:
+        try:
+            updates.append(train(task))
+        except Exception as exc:  # noqa: BLE001 - any client error is recorded, not raised
+            failure = ClientFailure(
+                client_id=task.client_id, round=task.round, reason=error_reason(exc)
+            )
+            failures.append(failure)
+    return TrainedBatch(updates=tuple(updates), failures=tuple(failures))
+
+
+def batch_sizes(n: int) -> list[int]:
+    """Split a runner's `n` queued tasks into batches of halving size (50: 25, 13, 6, 3, 2, 1).
+
+    Few calls (about log2 n + 1 instead of n), and a small last batch: what is admitted
+    after the round's training ends, while the runners wait, is only its few updates.
+    """
+    sizes = []
+    while n > 0:
+        sizes.append(-(-n // 2) if n > 1 else 1)
+        n -= sizes[-1]
+    return sizes
+
+
+def batch_plan(plan: Sequence[int], workers: int) -> list[tuple[int, list[int]]]:
+    """The batches of a `balance` plan: (worker, task indices), in submission order.
+
+    Each worker's tasks keep their order in `plan` and are cut by `batch_sizes`; the
+    workers' batches interleave, so that every queue fills at once.
+    """
+    queues: list[list[int]] = [[] for _ in range(workers)]
+    for i in sorted(range(len(plan)), key=lambda i: plan[i]):
+        queues[plan[i]].append(i)
+    per_worker = []
+    for worker, queue in enumerate(queues):
+        cuts, start = [], 0
+        for size in batch_sizes(len(queue)):
+            cuts.append((worker, queue[start : start + size]))
+            start += size
+        per_worker.append(cuts)
+    return [b for level in itertools.zip_longest(*per_worker) for b in level if b is not None]
 
 
 def balance(costs: Sequence[float], workers: int) -> list[int]:

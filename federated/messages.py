@@ -1,13 +1,14 @@
 """Typed messages that cross actor boundaries in a round.
 
-The driver sends a `ClientTask` per sampled client; a client runner answers
-with a `ClientUpdate`, or the driver records a `ClientFailure` (a raised
-error, a dead actor, a missed deadline) so that a failure is data, not an
-exception that tears the round down.
+The driver sends a `ClientTask` per sampled client (in batches, one runner's
+clients at a time); a client runner answers with a `ClientUpdate`, or a
+`ClientFailure` is recorded (a raised error, a dead actor, a missed deadline)
+so that a failure is data, not an exception that tears the round down.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -72,3 +73,27 @@ class ClientFailure(BaseModel):
     client_id: int
     round: int
     reason: str
+
+
+class TrainedBatch(BaseModel):
+    """A runner's answer to a batch of tasks: the updates, and the clients that failed.
+
+    The driver sends each runner its clients in a few batches rather than one call per
+    client; a batch is also the unit the ledger keeper admits and the aggregator reads
+    from the object store, so it is serialised once, by the runner.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    updates: tuple[ClientUpdate, ...] = ()
+    failures: tuple[ClientFailure, ...] = ()
+
+
+def error_reason(exc: BaseException) -> str:
+    """How a failure's reason names an error: ``"<type>: <message>"``, at most 500 chars."""
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def batch_updates(part: TrainedBatch | Sequence[ClientUpdate]) -> Sequence[ClientUpdate]:
+    """The updates of a part: a runner's `TrainedBatch` or a plain list of updates."""
+    return part.updates if isinstance(part, TrainedBatch) else part

@@ -473,6 +473,14 @@ def _canonical_header(block: Block) -> BlockHeader:
         raise InvalidProposal(f"malformed block header: {exc}") from exc
 
 
+def forget_transactions(
+    prechecked: dict[bytes, Transaction], transactions: Iterable[Transaction]
+) -> None:
+    """Drop `transactions` (now in a block) from a table of `Validator.precheck`-ed ones."""
+    for tx in transactions:
+        prechecked.pop(encode_tx(tx), None)
+
+
 class Validator:
     """One validator: beacon commit/reveal, proposal checks and votes, for any height.
 
@@ -480,7 +488,11 @@ class Validator:
     seeded generator's ``bytes`` in tests). `check_transactions` is its own transaction
     check (e.g. `ledger.contract.update_signature_check`), used when a call passes none.
     `tamper` is a test-only Byzantine injection: it replaces every block this validator
-    proposes by ``tamper(honest_block)``; no configuration sets it. State per height: its
+    proposes by ``tamper(honest_block)``; no configuration sets it. `prechecked` may be
+    one table shared by validators in one process (all with the same check): what one
+    `precheck`s, the others reuse, since decoding and the check are functions of the
+    bytes alone; its owner then forgets a block's transactions (`forget_transactions`),
+    which `endorse` does for a validator's own table. State per height: its
     beacon secret and commitment, the beacon it computed, the block hashes it validated
     and the one it voted for; `forget_below` drops old heights. Across heights: the
     transactions it `precheck`-ed, until a block holding them gets its vote.
@@ -496,6 +508,7 @@ class Validator:
         verifier: Verifier | None = None,
         check_transactions: TransactionCheck | None = None,
         tamper: Tamper | None = None,
+        prechecked: dict[bytes, Transaction] | None = None,
     ):
         self.keys = _sorted_keys(validator_keys)
         if self.keys.get(index) != signer.public_key:
@@ -513,7 +526,9 @@ class Validator:
         self._beacon_inputs: dict[int, tuple[tuple[Commitment, ...], tuple[Reveal, ...]]] = {}
         self._validated: dict[int, set[bytes]] = {}
         self._voted: dict[int, bytes] = {}
-        self._prechecked: dict[bytes, Transaction] = {}  # canonical bytes -> decoded, passed
+        # canonical bytes -> decoded, passed its check
+        self._prechecked: dict[bytes, Transaction] = {} if prechecked is None else prechecked
+        self._shared = prechecked is not None
 
     # ----------------------------------------------------------------- beacon
 
@@ -770,8 +785,8 @@ class Validator:
             expected=expected,
         )
         vote = self.vote(block)
-        for tx in block.transactions:  # in a block now: no later block may hold them again
-            self._prechecked.pop(encode_tx(tx), None)
+        if not self._shared:  # in a block now: no later block may hold them again
+            forget_transactions(self._prechecked, block.transactions)
         return vote
 
     def forget_below(self, height: int) -> None:

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -49,6 +49,7 @@ from ledger.consensus import (
     Tamper,
     Validator,
     beacon_seed,
+    forget_transactions,
     max_faults,
 )
 from ledger.contract import Contract, burned_nonces, update_signature_check
@@ -111,9 +112,6 @@ class LedgerConfig(BaseModel):
     @property
     def deterministic(self) -> bool:
         return self.signatures == "deterministic"
-
-
-ADMIT_WORKERS: Final = 2  # threads that authenticate a round's updates (`Contract.admit`)
 
 
 def placement_for(
@@ -201,11 +199,13 @@ def build_validator(
     *,
     verifier: Verifier | None = None,
     tamper: Tamper | None = None,
+    prechecked: dict[bytes, Transaction] | None = None,
 ) -> Validator:
     """Validator `spec.index`: its signer, QRNG, verifier and update-signature check.
 
-    `verifier` may be shared (with a cache) by validators in one process; by default each
-    gets its own. `tamper` is the test-only Byzantine hook of `Validator`.
+    `verifier` (with its cache) and `prechecked` (`Validator`'s) may be shared by
+    validators in one process; by default each gets its own. `tamper` is the test-only
+    Byzantine hook of `Validator`.
     """
     signer = signer_from_seed(
         spec.signing_seed, backend=spec.backend, deterministic=spec.deterministic
@@ -222,6 +222,7 @@ def build_validator(
         verifier=verifier,
         check_transactions=update_signature_check(verifier, registry, spec.run_id),
         tamper=tamper,
+        prechecked=prechecked,
     )
 
 
@@ -387,11 +388,18 @@ class LedgerKeeper:
             for i, s in enumerate(seeds)
         ]
         self.host = host
+        # in this process, the validators share what one of them prechecked: decoding a
+        # transaction and checking its signature once serves all four
+        self._prechecked: dict[bytes, Transaction] = {}
         if host is None:
             tamper = tamper or {}
             self.validators: list[Any] = [
                 build_validator(
-                    spec, self.registry, verifier=self.verifier, tamper=tamper.get(spec.index)
+                    spec,
+                    self.registry,
+                    verifier=self.verifier,
+                    tamper=tamper.get(spec.index),
+                    prechecked=self._prechecked,
                 )
                 for spec in specs
             ]
@@ -504,6 +512,7 @@ class LedgerKeeper:
         if self.host is None:  # remote validators forget them when they reveal the next
             for validator in self.validators:
                 validator.forget_below(height)
+            forget_transactions(self._prechecked, decision.block.transactions)
         return height, decision
 
     def _cannot_certify(self, height: int, round_: int, exc: ConsensusError) -> ConsensusError:
@@ -556,18 +565,22 @@ class LedgerKeeper:
             # encoding, signing payload and stored body comes from the checked fields.
             if isinstance(update, Update):
                 forget_encoding(update)
-        # the signatures and digests on 2 threads (ML-DSA and SHA3 release the GIL)
-        accepted, rejections = self.contract.admit(updates, workers=ADMIT_WORKERS)
+        # one thread: a round's parts are admitted while its clients train, and threads
+        # (ML-DSA and SHA3 release the GIL) would only take CPU from the runners
+        accepted, rejections = self.contract.admit(updates)
         self._pending += [u for u, _ in accepted] + list(rejections)
         seconds = time.perf_counter() - start
-        if self.host is not None and accepted:
-            # remote validators decode and check the accepted updates now, while the round
-            # is aggregated, rather than when the closing block is proposed
+        if accepted:
+            # the validators decode and check the accepted updates now, while the rest
+            # train, rather than when the closing block is proposed
             records = tuple(u for u, _ in accepted)
             for record in records:  # encoded once here; the encodings travel with them
                 encode_tx(record)
-            shared = self.host.share(records)
-            self.host.post([validator.precheck(shared) for validator in self.validators])
+            if self.host is None:  # one precheck serves all (they share the table)
+                self.validators[0].precheck(records)
+            else:
+                shared = self.host.share(records)
+                self.host.post([validator.precheck(shared) for validator in self.validators])
         return [u.client_id for u, _ in accepted], rejections, seconds
 
     def close_round(

@@ -135,7 +135,8 @@ def straggler_reason(timing: ClientTiming, deadline_s: float) -> str:
 def drop_stragglers(
     t: int, result: RoundResult, timing: RoundTiming, deadline_s: float | None
 ) -> RoundResult:
-    """`result` with the stragglers' updates (and refs) moved to failures, in id order."""
+    """`result` with the stragglers' updates moved to failures, in id order (and no
+    parts: the runners' answers in the store still hold the dropped updates)."""
     late = set(timing.stragglers)
     if not late or deadline_s is None:
         return result
@@ -144,12 +145,7 @@ def drop_stragglers(
         ClientFailure(client_id=k, round=t, reason=straggler_reason(by_client[k], deadline_s))
         for k in sorted(late)
     ]
-    keep = [u.client_id not in late for u in result.updates]
-    refs = result.refs
-    if len(refs) == len(keep):
-        refs = [ref for ref, kept in zip(refs, keep, strict=True) if kept]
     return RoundResult(
-        updates=[u for u, kept in zip(result.updates, keep, strict=True) if kept],
-        refs=refs,
+        updates=[u for u in result.updates if u.client_id not in late],
         failures=sorted([*result.failures, *stragglers], key=lambda f: f.client_id),
     )

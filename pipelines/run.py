@@ -32,7 +32,7 @@ from federated.aggregate import PrivateStep
 from federated.attacks import select_attackers
 from federated.client import LocalPrivacy
 from federated.data import ArrayDataset, FederatedData, build_federated_data, pooled_client_data
-from federated.messages import ClientTask
+from federated.messages import ClientTask, TrainedBatch
 from federated.models import build_model, get_flat, quantum_param_mask, set_flat, weights_hash
 from federated.privacy import PrivacyAccountant, noise_rng, resolve_noise_multiplier, sample_rate
 from federated.sampling import client_seed, round_rng, sample_clients
@@ -253,7 +253,11 @@ def run_experiment(
 
 
 class _RoundUpdates:
-    """A round's updates as object-store parts, and the keeper's admission of each."""
+    """A round's updates as object-store parts, and the keeper's admission of each.
+
+    A part is a runner's answer to a batch (a `TrainedBatch`, serialised once, by the
+    runner), or one the driver puts when it had to filter the updates first.
+    """
 
     def __init__(self, keeper: ray.actor.ActorHandle | None) -> None:
         self.keeper = keeper
@@ -261,10 +265,10 @@ class _RoundUpdates:
         self.admissions: list[ray.ObjectRef] = []
         self.streamed = False  # admitted part by part while the rest trained
 
-    def add(self, updates: list) -> None:
-        self.parts.append(ray.put(updates))
+    def add(self, part: ray.ObjectRef) -> None:
+        self.parts.append(part)
         if self.keeper is not None:
-            self.admissions.append(self.keeper.admit.remote(self.parts[-1]))
+            self.admissions.append(self.keeper.admit.remote(part))
 
 
 class Federation:
@@ -558,9 +562,9 @@ class Federation:
     ) -> RoundResult:
         """Round t's local training; the previous round commits meanwhile (not secagg).
 
-        The updates go to the store in parts, each serialised once: the ledger keeper
+        The runners' answers stay in the store as the round's parts: the ledger keeper
         admits a part while the rest train (unless the simulated network may still drop
-        a late one), and the aggregator averages the accepted ones from the same parts.
+        a late update), and the aggregator averages the accepted ones from the same parts.
         """
         sizes = [len(self.data.client_indices[task.client_id]) for task in tasks]
         timeout = self.config.ray.round_timeout_s
@@ -574,7 +578,7 @@ class Federation:
             timeout,
             sizes,
             during=self.commit,
-            on_updates=updates.add if updates.streamed else None,
+            on_part=updates.add if updates.streamed else None,
         )
 
     def _admitted(
@@ -582,11 +586,15 @@ class Federation:
     ) -> set[int]:
         """The clients whose updates the ledger's contract admitted (all, without a ledger).
 
-        Updates not streamed go to the store now, for the keeper and the aggregator (a
-        secure round without a ledger aggregates its masked inputs itself)."""
+        Parts not streamed are admitted now; updates filtered since they came (a
+        secure round's, or without stragglers) go to the store as one new part, for the
+        keeper and the aggregator (a secure round without a ledger aggregates its masked
+        inputs itself)."""
         wanted = self.keeper is not None or self.secure is None
         if not updates.streamed and result.updates and wanted:
-            updates.add(result.updates)
+            parts = result.parts or [ray.put(TrainedBatch(updates=tuple(result.updates)))]
+            for part in parts:
+                updates.add(part)
         if not updates.admissions:
             return {u.client_id for u in result.updates}
         accepted: set[int] = set()

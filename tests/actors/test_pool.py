@@ -9,7 +9,7 @@ import ray
 from actors.pool import ClientPool
 from federated.client import ClientRunner
 from federated.data import build_federated_data
-from federated.messages import ClientTask
+from federated.messages import ClientTask, TrainedBatch
 from federated.models import ModelConfig, build_model, get_flat
 from federated.train import TrainConfig
 
@@ -50,6 +50,19 @@ def test_failing_client_is_recorded_and_round_completes(setup):
     assert [u.client_id for u in result.updates] == [1, 3]
     assert [f.client_id for f in result.failures] == [99]
     assert "not registered" in result.failures[0].reason
+
+
+def test_the_runners_answers_are_the_rounds_parts_in_fewer_calls_than_clients(setup):
+    _, pool, weights = setup
+    seen = []
+    tasks = _tasks([5, 1, 99, 3, 0, 2, 4])
+    result = pool.run_round(ray.put(weights), tasks, timeout_s=120, on_part=seen.append)
+    assert seen == result.parts and 1 < len(result.parts) < len(tasks)
+    batches = ray.get(result.parts)
+    assert all(isinstance(b, TrainedBatch) for b in batches)
+    in_parts = sorted(u.client_id for b in batches for u in b.updates)
+    assert in_parts == [u.client_id for u in result.updates] == [0, 1, 2, 3, 4, 5]
+    assert [f.client_id for f in result.failures] == [99]  # its batch's others trained
 
 
 def test_deadline_turns_stragglers_into_failures_without_hanging(setup):

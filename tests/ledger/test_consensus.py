@@ -20,6 +20,7 @@ from ledger.consensus import (
     commitment_message,
     compute_beacon,
     detect_equivocation,
+    forget_transactions,
     leader_for,
     max_faults,
     quorum_size,
@@ -43,6 +44,7 @@ from ledger.records import (
     RoundOpen,
     UnsignedUpdate,
     Update,
+    encode_tx,
     make_block,
     update_signing_payload,
 )
@@ -886,6 +888,62 @@ def test_prechecked_transactions_skip_the_check_and_a_bad_one_is_not_remembered(
     with pytest.raises(InvalidProposal, match="fails its check"):
         v.validate_proposal(block, height=2, prev_hash=PREV)
     assert seen == [1]
+
+
+def test_validators_sharing_a_precheck_table_check_each_transaction_once(
+    validator_signers, verifier, client
+) -> None:
+    """In one process, what one validator prechecked serves all: nobody re-checks it at
+    the block, the table forgets nothing until its owner says so, and a tampered block
+    (other bytes) is still checked and refused."""
+    keys = keys_of(validator_signers)
+    seen: list[int] = []
+    inner = update_signature_check(verifier, {0: client.public_key}, RUN_ID)
+
+    def counting(transactions):
+        seen.append(len(transactions))
+        inner(transactions)
+
+    table: dict = {}
+    validators = [
+        Validator(
+            i,
+            s,
+            keys,
+            np.random.default_rng([0, i]).bytes,
+            verifier=verifier,
+            check_transactions=counting,
+            prechecked=table,
+        )
+        for i, s in sorted(validator_signers.items())
+    ]
+    txs = transactions(client)
+    assert validators[0].precheck(txs) == 2 and seen == [1, 1]
+    assert set(table) == {encode_tx(tx) for tx in txs}
+    seen.clear()
+    decision = Consensus(keys, verifier=verifier).run_height(1, PREV, txs, validators, round=1)
+    assert len(decision.block.certificate) >= 3
+    assert seen == []  # no voter decoded or checked any of them again
+    assert len(table) == 2  # shared: the owner forgets them, not the voters
+    forget_transactions(table, decision.block.transactions)
+    assert table == {}
+    # the same transactions with a forged signature are other bytes: checked, refused
+    assert validators[0].precheck(txs) == 2
+    forged = txs[1].model_copy(update={"signature": bytes(3309)})
+    seen.clear()
+    v = validators[2]  # not the one that prechecked: the table is shared
+    others = make_validators(validator_signers, verifier, seed=1)
+    other = run_beacon([*others[:2], v, others[3]], height=2)
+    block = make_block(
+        height=2,
+        prev_hash=PREV,
+        proposer=leader_for(other, range(4)),
+        round=1,
+        transactions=[txs[0], forged],
+    )
+    with pytest.raises(InvalidProposal, match="fails its check"):
+        v.validate_proposal(block, height=2, prev_hash=PREV)
+    assert seen == [1]  # only the forgery: the other was in the shared table
 
 
 def test_the_next_commitments_come_with_the_reveals(validator_signers, verifier, client) -> None:

@@ -23,7 +23,7 @@ from ledger.keeper import (
     update_nonce,
 )
 from ledger.keys import derive_seed, master_secret_from_run_seed
-from ledger.records import Rejection, RoundClose, RoundOpen, Update
+from ledger.records import Rejection, RoundClose, RoundOpen, Update, encode_tx
 from ledger.store import LedgerIntegrityError, open_readonly
 from ledger.verify import verify_ledger
 
@@ -241,6 +241,30 @@ def test_validators_behind_a_host_certify_with_every_vote(tmp_path, backend):
     assert report.height == height == 3  # genesis, open 0, close 0 + open 1, close 1 + open 2
     with open_readonly(tmp_path / "l.db") as store:
         assert all(len(b.certificate) == 4 for b in store.blocks())
+
+
+def test_in_process_validators_share_one_precheck_of_the_admitted_updates(tmp_path):
+    """Admission prechecks the accepted updates once for the four validators of the
+    keeper's process; the table holds exactly them until their block is stored."""
+    config = LedgerConfig(validators=4, qrng="seeded", validator_placement="in_process")
+    keeper = _keeper(tmp_path / "l.db", config=config)
+    assert all(v._prechecked is keeper._prechecked for v in keeper.validators)
+    plan = keeper.open_round(0, 5, 3, sample_clients)
+    rng = np.random.default_rng(0)
+    pairs = [
+        (_update(0, k, delta, backend=keeper.backend), delta)
+        for k in plan.sampled
+        for delta in [rng.normal(size=P).astype(np.float32)]
+    ]
+    forged = pairs[0][0].model_copy(update={"client_id": plan.sampled[1]})  # signed by another
+    accepted, rejections, _ = keeper.admit([*pairs[:1], (forged, pairs[1][1]), *pairs[1:]])
+    assert accepted == list(plan.sampled) and [r.rule for r in rejections] == ["bad_signature"]
+    assert set(keeper._prechecked) == {encode_tx(u) for u, _ in pairs}
+    keeper.close_round(0, np.zeros(P, np.float32), {"acc": 0.5})
+    assert keeper._prechecked == {}  # in a block now
+    height, head = keeper.head
+    keeper.close()
+    assert verify_ledger(tmp_path / "l.db", head=head).height == height == 2
 
 
 def test_a_crashed_validator_is_left_out_and_two_stop_the_keeper(tmp_path):
