@@ -18,7 +18,10 @@ def test_round_overhead_prints_f1_ratio():
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    name, ratio = last.split()
+    lines = proc.stdout.strip().splitlines()
+    name, ratio = lines[-1].split()
     assert name == "F1"
     assert 0.0 < float(ratio) < 10.0
+    # beside it, qfl against the bare map with qfl's own batched dispatch
+    (batched,) = [line for line in lines if line.startswith("qfl / batched bare")]
+    assert 0.0 < float(batched.split()[4]) < 10.0
