@@ -39,3 +39,9 @@ class MonitorActor:
 
     def outcomes(self, name: str) -> list[JobOutcome]:
         return self._monitor.outcomes(name)
+
+    def state(self) -> dict[str, list[dict]]:
+        return self._monitor.state()
+
+    def load_state(self, state: dict[str, list[dict]]) -> None:
+        self._monitor.load_state(state)

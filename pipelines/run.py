@@ -378,6 +378,8 @@ class Federation:
         }
         if self.orchestrator is not None:
             state["orchestrator"] = self.orchestrator.state()
+            # the jobs' outcomes: the circuit breaker reads the last round's
+            state["monitor"] = self._get(self.monitor.state.remote())
         state["conditions"] = self.conditions.state()
         return Checkpoint(round=round_, weights=self.weights, state=state, arrays=arrays)
 
@@ -388,6 +390,8 @@ class Federation:
                 self.privacy.step()
         if self.orchestrator is not None and "orchestrator" in checkpoint.state:
             self.orchestrator.load_state(checkpoint.state["orchestrator"])
+        if self.monitor is not None and "monitor" in checkpoint.state:
+            self._get(self.monitor.load_state.remote(checkpoint.state["monitor"]))
 
     def _start_privacy(self) -> PrivacyAccountant | None:
         """The run's DP accountant with z resolved (calibrated for a target epsilon)."""

@@ -15,7 +15,7 @@ breaker: the round after, no jobs ran on it in the round before, so it is tried 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -143,6 +143,22 @@ class ResourceMonitor:
         """The history window of `name`, oldest first."""
         self._known(name)
         return list(self._jobs[name])
+
+    def state(self) -> dict[str, list[dict]]:
+        """The job history of every resource, JSON-ready (a checkpoint's; the states are
+        observed afresh each round)."""
+        return {
+            name: [outcome.model_dump(mode="json") for outcome in jobs]
+            for name, jobs in self._jobs.items()
+        }
+
+    def load_state(self, state: Mapping[str, Sequence[Mapping]]) -> None:
+        """Restore the job history a `state()` holds (a resumed run's)."""
+        for name, outcomes in state.items():
+            self._known(name)
+            jobs = self._jobs[name]
+            jobs.clear()
+            jobs.extend(JobOutcome.model_validate(outcome) for outcome in outcomes)
 
     def status(self, name: str) -> ResourceStatus:
         """The status of resource `name` (it must have been observed)."""

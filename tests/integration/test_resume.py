@@ -174,3 +174,52 @@ def test_a_crash_between_a_block_and_its_checkpoint_resumes_from_the_block(
     steps = [m.step for m in MlflowClient(uri).get_metric_history(run_dir.name, "test_accuracy")]
     assert sorted(steps) == list(range(1, ROUNDS + 1))  # none missing, none twice
     assert [r["round"] for r in read_rounds(run_dir)] == list(range(1, ROUNDS + 1))
+
+
+def test_a_resumed_hybrid_run_sees_the_circuit_breaker_the_uninterrupted_one_saw(
+    tmp_path, ray_local, monkeypatch, clean_env
+):
+    """Every job of the resource fails, so the monitor trips it for the round after a
+    quantum round (round 1 runs classically for that reason). A crash after round 0's
+    block: the resumed run must restore the monitor's job history from the checkpoint
+    to trip round 1 too, not send its clients to the resource again."""
+    import pipelines.run as run_module
+    from pipelines.config import load_config
+    from pipelines.run import run_experiment
+
+    def config(folder: str):
+        return load_config(
+            REPO / "configs" / "outage.yaml",
+            [
+                "data.classes=[0,1,2,3]",
+                "federation.clients=4",
+                "federation.rounds=2",
+                "train.epochs=1",
+                "quantum.shots=128",
+                "resources[0].availability.outages=[]",
+                "resources[0].availability.job_failure_rate=0.999",
+                f"output.runs_dir={tmp_path / folder}",
+            ],
+        )
+
+    promote = run_module.promote_checkpoint
+
+    def crash_on_the_first(run_dir):
+        raise KeyboardInterrupt  # after round 0's block, before its checkpoint's rename
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr(run_module, "promote_checkpoint", crash_on_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config("runs"), tracking_uri=uri)
+    monkeypatch.setattr(run_module, "promote_checkpoint", promote)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    resumed = run_experiment(config("runs"), tracking_uri=uri, resume=run_dir.name)
+    reference = run_experiment(config("reference"), tracking_uri=uri)
+
+    def reasons(folder):
+        return [sorted({f["reason"] for f in r["fallbacks"]}) for r in read_rounds(folder)]
+
+    expected = reasons(reference.run_dir)
+    assert [any("tripped" in reason for reason in r) for r in expected] == [False, True]
+    assert reasons(run_dir) == expected
+    assert resumed.weights_hash == reference.weights_hash

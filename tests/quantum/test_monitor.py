@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -82,6 +84,28 @@ def test_all_failed_last_round_trips_the_resource_for_one_round() -> None:
     assert status.state.available  # the availability model still says up
     monitor.observe(state(round_=6))  # no job ran in round 5: tried again
     assert monitor.snapshot()["a"].available
+
+
+def test_a_restored_job_history_trips_the_resource_as_the_original_would() -> None:
+    """A resumed run's monitor: the outcomes come back from a (JSON) checkpoint, so the
+    round after the crash sees the breaker the uninterrupted run saw."""
+    original = ResourceMonitor(["a", "b"], MonitorConfig(trip_failures=3, history=4))
+    original.report([failed(4, "bad result", client=k) for k in range(3)])
+    original.report([ok(k, client=k, resource="b") for k in range(6)])  # 4 kept
+    saved = json.loads(json.dumps(original.state()))
+    restored = ResourceMonitor(["a", "b"], MonitorConfig(trip_failures=3, history=4))
+    restored.load_state(saved)
+    assert restored.outcomes("a") == original.outcomes("a")
+    assert [o.round for o in restored.outcomes("b")] == [2, 3, 4, 5]
+    for monitor in (original, restored):
+        monitor.observe([state("a", round_=5), state("b", round_=5)])
+    assert restored.snapshot() == original.snapshot()
+    assert not restored.snapshot()["a"].available  # tripped, as in the original
+    fresh = ResourceMonitor(["a", "b"], MonitorConfig(trip_failures=3, history=4))
+    fresh.observe([state("a", round_=5), state("b", round_=5)])
+    assert fresh.snapshot()["a"].available  # what a resume without the history saw
+    with pytest.raises(ValueError, match="unknown resource"):
+        restored.load_state({"c": []})
 
 
 @pytest.mark.parametrize(
