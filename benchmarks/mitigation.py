@@ -30,10 +30,9 @@ import argparse
 import numpy as np
 from qiskit.quantum_info import Statevector
 
-from quantum.circuits import CircuitConfig, VariationalCircuit, build_circuit
+from quantum.circuits import VariationalCircuit, build_circuit
+from quantum.config import CircuitConfig, MitigationConfig, NoiseConfig
 from quantum.executors.aer import AerExecutor
-from quantum.mitigation import MitigationConfig
-from quantum.noise import NoiseConfig
 
 QUBITS, LAYERS = 6, 2
 NOISE = NoiseConfig(kind="parametric", p2=0.02, readout=0.02)

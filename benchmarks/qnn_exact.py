@@ -32,7 +32,8 @@ import time
 import numpy as np
 import torch
 
-from quantum.circuits import CircuitConfig, build_circuit
+from quantum.circuits import build_circuit
+from quantum.config import CircuitConfig
 from quantum.executors.exact import ExactExecutor
 from quantum.executors.reference import ReferenceExecutor
 

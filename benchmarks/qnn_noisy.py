@@ -33,10 +33,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from quantum.circuits import CircuitConfig, build_circuit
+from quantum.circuits import build_circuit
+from quantum.config import CircuitConfig, NoiseConfig
 from quantum.executors.aer import AerExecutor
 from quantum.executors.reference import ReferenceExecutor
-from quantum.noise import NoiseConfig, build_noise_model
+from quantum.noise import build_noise_model
 
 QUBITS, LAYERS = 8, 3
 NOISE = NoiseConfig(kind="parametric", p1=0.001, p2=0.01)

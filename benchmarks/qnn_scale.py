@@ -39,7 +39,8 @@ def one_step(n: int) -> dict[str, float]:
     """Time one training step at n qubits, in this process."""
     import torch
 
-    from quantum.circuits import CircuitConfig, build_circuit
+    from quantum.circuits import build_circuit
+    from quantum.config import CircuitConfig
     from quantum.executors.exact import ExactExecutor
 
     torch.set_num_threads(2)

@@ -67,9 +67,8 @@ from ledger.crypto import Signer, Verifier
 from ledger.keeper import SigningSpec, client_signer, sign_update, update_nonce
 from ledger.records import Update, UpdatePath
 from qfl.errors import QflError, QuantumError, TrainingError
+from quantum.config import MitigationConfig
 from quantum.executors.base import Overhead
-from quantum.layer import QuantumLayer
-from quantum.mitigation import MitigationConfig, linear_weights, richardson_weights
 
 SIGNER_CACHE = 4096  # ML-DSA-65 signers kept per runner (a few KB each)
 QUANTUM_MODELS = 4  # quantum-path models (one per resource state) kept per runner
@@ -207,6 +206,9 @@ def mitigation_variance_factor(mitigation: MitigationConfig) -> float:
     """
     if "zne" not in mitigation.techniques:
         return 1.0
+    # imported here: qiskit loads only in runners that train a quantum model
+    from quantum.mitigation import linear_weights, richardson_weights
+
     scales = mitigation.scale_factors
     if mitigation.extrapolation == "linear":
         weights = linear_weights(scales)
@@ -217,6 +219,8 @@ def mitigation_variance_factor(mitigation: MitigationConfig) -> float:
 
 def _fidelity(model: nn.Module) -> float:
     """The circuit fidelity of the model's quantum layer on its noise model (1 if none)."""
+    from quantum.layer import QuantumLayer  # here: a classical runner never loads qiskit
+
     for module in model.modules():
         if isinstance(module, QuantumLayer):
             return float(module.fidelity)

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.records import Update, UpdatePath
-from quantum.layer import QuantumConfig
+from quantum.config import QuantumConfig
 
 
 class ClientTask(BaseModel):

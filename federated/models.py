@@ -145,7 +145,7 @@ def build_model(
 ) -> nn.Module:
     """Build a model whose initial weights depend only on `seed` (global RNG untouched).
 
-    `quantum` (a `quantum.layer.QuantumConfig`) is required for kinds hybrid and vqc.
+    `quantum` (a `quantum.config.QuantumConfig`) is required for kinds hybrid and vqc.
     """
     features = int(np.prod(input_shape))
     if config.kind in ("hybrid", "vqc") and quantum is None:

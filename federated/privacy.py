@@ -45,11 +45,10 @@ import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy import optimize, special, stats
 
 from ledger.keys import KEY_SALT, MASTER_SECRET_BYTES
 from qfl.errors import ConfigError, TrainingError
-from quantum.noise import NoiseConfig
+from quantum.config import NoiseConfig
 
 PrivacyMode = Literal["none", "central", "local"]
 AccountantName = Literal["rdp", "prv"]
@@ -359,6 +358,7 @@ def gaussian_dp_epsilon(mu: float, delta: float) -> float:
     """
     if mu <= 0:
         return 0.0
+    from scipy import optimize, stats  # here: a runner or aggregator never needs scipy
 
     def excess(eps: float) -> float:
         return (
@@ -441,6 +441,8 @@ def compose_pure_dp(eps0: float, k: int, delta: float) -> float:
         return math.inf
     if delta <= 0:
         return k * eps0
+    from scipy import optimize, special, stats  # here: a runner or aggregator never needs scipy
+
     t = np.arange(k + 1)
     loss = eps0 * (2 * t - k)  # (k+1,)
     log_p = stats.binom.logpmf(t, k, special.expit(eps0))

@@ -31,7 +31,7 @@ from ledger.keeper import LedgerConfig
 from ledger.keys import master_secret_from_env
 from pipelines.scheduler import ClientsConfig, SchedulerConfig
 from qfl.errors import ConfigError
-from quantum.layer import QuantumConfig
+from quantum.config import QuantumConfig
 from quantum.monitor import MonitorConfig
 from quantum.resources import ResourceConfig, unique_resources
 

@@ -40,11 +40,9 @@ from pipelines.scheduler import (
 )
 from qfl.errors import QuantumResourceUnavailable
 from quantum.circuits import build_circuit
-from quantum.compile import CompileConfig, compile_with
-from quantum.layer import QuantumConfig
-from quantum.mitigation import MitigationConfig
+from quantum.compile import compile_with
+from quantum.config import CompileConfig, MitigationConfig, NoiseConfig, QuantumConfig
 from quantum.monitor import JobOutcome, MonitorSnapshot
-from quantum.noise import NoiseConfig
 from quantum.resources import (
     ResourceConfig,
     ResourceSimulator,

@@ -20,49 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qiskit import QuantumCircuit
 from qiskit.circuit import ParameterVector
 from qiskit.quantum_info import SparsePauliOp
 
 from qfl.errors import QuantumError
-
-Pattern = Literal["linear", "ring", "full"]
-
-
-class CircuitConfig(BaseModel):
-    """Shape of the variational circuit: qubits, layers, entanglement, encoding, readout."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    qubits: int = Field(4, ge=1, le=32)
-    layers: int = Field(2, ge=1)
-    entanglement: Pattern | tuple[tuple[int, int], ...] = Field(
-        "linear", description="linear, ring, full, or coupling-map edges [[control, target], ...]"
-    )
-    encoding: Literal["ry", "rx"] = "ry"
-    reupload: bool = False
-    observables: Literal["z"] | tuple[str, ...] = Field(
-        "z", description="'z': Z on every qubit; or Pauli strings of length qubits"
-    )
-
-    @model_validator(mode="after")
-    def _check_shape(self) -> CircuitConfig:
-        n = self.qubits
-        if not isinstance(self.entanglement, str):
-            for a, b in self.entanglement:
-                if not (0 <= a < n and 0 <= b < n) or a == b:
-                    raise ValueError(f"entangling edge ({a}, {b}) is not a pair of {n} qubits")
-        if not isinstance(self.observables, str):
-            if not self.observables:
-                raise ValueError("observables: give at least one Pauli string, or 'z'")
-            for label in self.observables:
-                if len(label) != n or set(label) - set("IXYZ"):
-                    raise ValueError(f"observable {label!r} is not a Pauli string on {n} qubits")
-        return self
+from quantum.config import CircuitConfig, Pattern
 
 
 def entangling_pairs(

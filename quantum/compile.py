@@ -27,55 +27,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qiskit import QuantumCircuit
 from qiskit.quantum_info import SparsePauliOp
 from qiskit.transpiler import CouplingMap, PassManager, Target, generate_preset_pass_manager
 
 from qfl.errors import QuantumError
+from quantum.config import DEFAULT_BASIS, MAX_LEVEL, CompileConfig, CouplingName
 
-CouplingName = Literal["line", "ring", "full", "heavy_hex"]
-DEFAULT_BASIS = ("ry", "rz", "sx", "x", "cx")
-MAX_LEVEL = 3
 T = TypeVar("T")
-
-
-class CompileConfig(BaseModel):
-    """Where a circuit is compiled to (a coupling map, or the executor's device) and D_max."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    coupling: CouplingName | tuple[tuple[int, int], ...] | None = Field(
-        None, description="aer without a device: route onto line, ring, full, heavy_hex or edges"
-    )
-    coupling_qubits: int | None = Field(
-        None, ge=1, description="qubits of a named coupling map (default: the circuit's)"
-    )
-    depth_limit: int | None = Field(None, ge=1, description="Algorithm 1's D_max")
-    optimization_level: int = Field(1, ge=0, le=MAX_LEVEL, description="first level tried")
-    basis_gates: tuple[str, ...] = Field(DEFAULT_BASIS, description="gates of a coupling map")
-    extra_trials: int = Field(4, ge=0, description="routing seeds tried at level 3 after the rest")
-
-    @model_validator(mode="after")
-    def _check(self) -> CompileConfig:
-        if not isinstance(self.coupling, str) and self.coupling is not None:
-            for a, b in self.coupling:
-                if a == b or a < 0 or b < 0:
-                    raise ValueError(f"coupling edge ({a}, {b}) is not a pair of qubits")
-        if self.coupling_qubits is not None and self.coupling is None:
-            raise ValueError("coupling_qubits needs a coupling")
-        return self
-
-    def describe(self) -> dict[str, float | str]:
-        """The settings, flat, for logging."""
-        coupling = self.coupling if isinstance(self.coupling, str | None) else "edges"
-        return {
-            "coupling": str(coupling),
-            "depth_limit": "none" if self.depth_limit is None else self.depth_limit,
-            "optimization_level": self.optimization_level,
-        }
 
 
 @dataclass(frozen=True)

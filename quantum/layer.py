@@ -35,71 +35,17 @@ each layer over the clients that trained it).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import Field, SecretStr, model_validator
 from qiskit import QuantumCircuit
 from qiskit.transpiler import Target
 from torch import nn
 
 from qfl.errors import QuantumError
-from quantum.circuits import CircuitConfig, VariationalCircuit, build_circuit
-from quantum.compile import CompileCache, CompileConfig
+from quantum.circuits import VariationalCircuit, build_circuit
+from quantum.compile import CompileCache
+from quantum.config import NoiseConfig, QuantumConfig
 from quantum.executors.base import Executor, Overhead
-from quantum.mitigation import MitigationConfig
-from quantum.noise import NoiseConfig
-
-ExecutorName = Literal["exact", "aer", "ibm", "reference"]
-
-
-class QuantumConfig(CircuitConfig):
-    """Circuit shape plus who runs it, with how many shots and which noise."""
-
-    executor: ExecutorName = "exact"
-    shots: int | None = Field(1024, ge=1, description="aer/ibm shots per circuit; null: exact")
-    noise: NoiseConfig = NoiseConfig()
-    backend: str | None = Field(None, description="ibm: fake device (fake_manila) or device name")
-    gradient: Literal["parameter_shift", "spsa"] = "parameter_shift"
-    gamma: float = Field(0.0, ge=0.0, description="Eq. 2: weight of ||theta||^2")
-    beta: float = Field(0.0, ge=0.0, description="Eq. 2: weight of the noise penalty N(theta)")
-    input_scale: float = Field(1.0, gt=0.0, description="vqc: angle = input_scale * feature")
-    precision: Literal["float32", "float64"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="exact executor: auto uses a GPU when torch has one"
-    )
-    token: SecretStr | None = Field(
-        None, description="IBM Quantum token (prefer QISKIT_IBM_TOKEN in the environment)"
-    )
-    instance: str | None = Field(None, description="IBM Quantum instance (CRN), if needed")
-    mitigation: MitigationConfig = Field(
-        MitigationConfig(), description="aer/ibm: error mitigation (default none)"
-    )
-    compilation: CompileConfig = Field(
-        CompileConfig(), description="aer/ibm: Algorithm 1 (coupling map for aer, D_max)"
-    )
-
-    @model_validator(mode="after")
-    def _executor_fits(self) -> QuantumConfig:
-        if self.executor == "ibm" and not self.backend:
-            raise ValueError("executor ibm needs quantum.backend (e.g. fake_manila)")
-        if self.executor in ("exact", "reference") and self.noise.kind != "none":
-            raise ValueError(f"executor {self.executor} is noiseless: use aer or ibm for noise")
-        if self.executor in ("exact", "reference") and self.mitigation.enabled:
-            raise ValueError(f"executor {self.executor} is noiseless: mitigation needs aer or ibm")
-        compiles = self.compilation != CompileConfig()
-        if self.executor in ("exact", "reference") and compiles:
-            raise ValueError(f"executor {self.executor} runs the logical circuit: no compilation")
-        if self.compilation.coupling is not None and (
-            self.executor == "ibm" or self.noise.kind == "device"
-        ):
-            raise ValueError("compilation.coupling is for aer without a device (it has its own)")
-        if self.mitigation.symmetry and self.observables != "z":
-            raise ValueError("mitigation parity needs observables 'z' (they commute with parity)")
-        return self
-
-    def circuit_config(self) -> CircuitConfig:
-        return CircuitConfig(**{k: getattr(self, k) for k in CircuitConfig.model_fields})
 
 
 def make_executor(

@@ -59,91 +59,14 @@ from itertools import product
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qiskit import QuantumCircuit
 from qiskit.circuit import CircuitInstruction, Gate
 from qiskit.quantum_info import SparsePauliOp
 
 from qfl.errors import QuantumError
+from quantum.config import Extrapolation, Folding
 
-Technique = Literal["zne", "readout", "parity"]
-Folding = Literal["global", "local"]
-Extrapolation = Literal["richardson", "linear", "exponential"]
 IGNORED_OPS = frozenset({"barrier"})
-
-
-class MitigationConfig(BaseModel):
-    """Which error mitigation a quantum resource applies, and its knobs (default: none)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    techniques: tuple[Technique, ...] = Field((), description="any of zne, readout, parity")
-    scale_factors: tuple[float, ...] = Field(
-        (1.0, 3.0, 5.0), description="zne: noise scale factors lambda_j >= 1, increasing"
-    )
-    folding: Folding = Field("global", description="zne: global or local unitary folding")
-    extrapolation: Extrapolation = "richardson"
-    asymptote: float | None = Field(
-        0.0, description="exponential: E(inf); null fits it (3 equally spaced scale factors)"
-    )
-    calibration_shots: int = Field(8192, ge=1, description="readout: shots per calibration")
-    parity: Literal["even", "odd"] = Field("even", description="parity: the conserved sector")
-
-    @model_validator(mode="after")
-    def _check(self) -> MitigationConfig:
-        if len(set(self.techniques)) != len(self.techniques):
-            raise ValueError(f"techniques {list(self.techniques)} repeat an entry")
-        factors = self.scale_factors
-        if any(f < 1.0 for f in factors):
-            raise ValueError(f"scale_factors {list(factors)}: each must be >= 1")
-        if any(b <= a for a, b in zip(factors, factors[1:], strict=False)):
-            raise ValueError(f"scale_factors {list(factors)} must be strictly increasing")
-        if "zne" in self.techniques:
-            if len(factors) < 2:
-                raise ValueError("zne needs at least 2 scale_factors")
-            if self.extrapolation == "exponential" and self.asymptote is None:
-                steps = np.diff(factors)
-                if len(factors) != 3 or not np.isclose(steps[0], steps[1]):
-                    raise ValueError(
-                        "exponential extrapolation with a fitted asymptote needs exactly 3 "
-                        f"equally spaced scale_factors, got {list(factors)}"
-                    )
-        return self
-
-    @property
-    def zne(self) -> bool:
-        return "zne" in self.techniques
-
-    @property
-    def readout(self) -> bool:
-        return "readout" in self.techniques
-
-    @property
-    def symmetry(self) -> bool:
-        return "parity" in self.techniques
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.techniques)
-
-    def describe(self) -> dict[str, float | str]:
-        """The settings that matter for the chosen techniques, flat, for logging."""
-        if not self.techniques:
-            return {"techniques": "none"}
-        out: dict[str, float | str] = {"techniques": ",".join(self.techniques)}
-        if self.zne:
-            out |= {
-                "scale_factors": ",".join(f"{f:g}" for f in self.scale_factors),
-                "folding": self.folding,
-                "extrapolation": self.extrapolation,
-            }
-            if self.extrapolation == "exponential":
-                out["asymptote"] = "fitted" if self.asymptote is None else self.asymptote
-        if self.readout:
-            out["calibration_shots"] = self.calibration_shots
-        if self.symmetry:
-            out["parity"] = self.parity
-        return out
 
 
 # ---------------------------------------------------------------- unitary folding

@@ -20,10 +20,8 @@ error goes on which gate.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qiskit.providers import BackendV2
 from qiskit_aer.noise import (
     NoiseModel,
@@ -34,54 +32,12 @@ from qiskit_aer.noise import (
 from qiskit_aer.noise import QuantumError as AerError
 
 from qfl.errors import QuantumResourceUnavailable
+from quantum.config import FAKE_DEVICE, GENERIC_DEVICE, NoiseConfig
 
 # inverses included (sdg, sxdg, tdg): ZNE folding adds them, and they must be as noisy
 ONE_QUBIT_GATES = ("rx", "ry", "rz", "h", "x", "y", "z", "s", "sdg", "sx", "sxdg", "t", "tdg")
 TWO_QUBIT_GATES = ("cx", "cz", "swap", "ecr", "rxx", "ryy", "rzz")
 IBM_HINT = 'pip install -e ".[ibm]"'
-
-_GENERIC = re.compile(r"^generic:(\d+)$")
-_FAKE = re.compile(r"^fake_[a-z0-9_]+$")
-
-
-class NoiseConfig(BaseModel):
-    """Which noise the simulator applies: none, a parametric model, or a device snapshot."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["none", "parametric", "device"] = "none"
-    p1: float = Field(0.0, ge=0.0, le=1.0, description="1-qubit depolarizing probability")
-    p2: float = Field(0.0, ge=0.0, le=1.0, description="2-qubit depolarizing probability")
-    readout: float = Field(0.0, ge=0.0, le=0.5, description="symmetric readout bit-flip prob")
-    t1_us: float | None = Field(None, gt=0.0, description="T1 relaxation time (microseconds)")
-    t2_us: float | None = Field(None, gt=0.0, description="T2 dephasing time, <= 2 T1")
-    gate_time_1q_ns: float = Field(50.0, gt=0.0, description="1-qubit gate duration (ns)")
-    gate_time_2q_ns: float = Field(300.0, gt=0.0, description="2-qubit gate duration (ns)")
-    device: str | None = Field(None, description="'fake_manila' (any fake backend) or 'generic:N'")
-
-    @model_validator(mode="after")
-    def _check(self) -> NoiseConfig:
-        parametric = self.p1 or self.p2 or self.readout or self.t1_us or self.t2_us
-        if self.kind != "parametric" and parametric:
-            raise ValueError(
-                f"p1/p2/readout/t1_us/t2_us need kind='parametric' (got {self.kind!r})"
-            )
-        if (self.t1_us is None) != (self.t2_us is None):
-            raise ValueError("thermal relaxation needs both t1_us and t2_us")
-        if self.t1_us is not None and self.t2_us is not None and self.t2_us > 2 * self.t1_us:
-            raise ValueError(f"t2_us={self.t2_us} exceeds 2 * t1_us={2 * self.t1_us} (unphysical)")
-        if self.kind == "device":
-            if self.device is None:
-                raise ValueError("kind='device' needs device: 'fake_<name>' or 'generic:N'")
-            if not (_GENERIC.match(self.device) or _FAKE.match(self.device)):
-                raise ValueError(f"device {self.device!r}: use 'fake_<name>' or 'generic:N'")
-        elif self.device is not None:
-            raise ValueError(f"device={self.device!r} needs kind='device'")
-        return self
-
-    def describe(self) -> dict[str, float | str]:
-        """The parameters that matter for this kind, flat, for logging (see `describe`)."""
-        return describe(self)
 
 
 def build_noise_model(config: NoiseConfig, seed: int = 0) -> NoiseModel | None:
@@ -140,12 +96,12 @@ def _gate_error(config: NoiseConfig, qubits: Literal[1, 2]) -> AerError | None:
 
 def device_backend(name: str, seed: int = 0) -> BackendV2:
     """The backend behind a device name: 'generic:N' or a qiskit-ibm-runtime fake backend."""
-    generic = _GENERIC.match(name)
+    generic = GENERIC_DEVICE.match(name)
     if generic:
         from qiskit.providers.fake_provider import GenericBackendV2
 
         return GenericBackendV2(num_qubits=int(generic.group(1)), seed=seed)
-    if not _FAKE.match(name):
+    if not FAKE_DEVICE.match(name):
         raise QuantumResourceUnavailable(
             f"unknown device {name!r}: use 'fake_<name>' or 'generic:N'"
         )
@@ -168,25 +124,3 @@ def fake_backend(name: str) -> BackendV2:
     raise QuantumResourceUnavailable(
         f"no fake backend {name!r} in qiskit_ibm_runtime.fake_provider (tried {camel}V2, {camel})"
     )
-
-
-def describe(config: NoiseConfig) -> dict[str, float | str]:
-    """The noise parameters that matter for `config.kind`, flat, for logging."""
-    if config.kind == "none":
-        return {"kind": "none"}
-    if config.kind == "device":
-        return {"kind": "device", "device": str(config.device)}
-    out: dict[str, float | str] = {
-        "kind": "parametric",
-        "p1": config.p1,
-        "p2": config.p2,
-        "readout": config.readout,
-    }
-    if config.t1_us is not None and config.t2_us is not None:
-        out |= {
-            "t1_us": config.t1_us,
-            "t2_us": config.t2_us,
-            "gate_time_1q_ns": config.gate_time_1q_ns,
-            "gate_time_2q_ns": config.gate_time_2q_ns,
-        }
-    return out

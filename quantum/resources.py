@@ -41,8 +41,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qfl.errors import QuantumResourceUnavailable
-from quantum.mitigation import MitigationConfig
-from quantum.noise import NoiseConfig, device_backend
+from quantum.config import MitigationConfig, NoiseConfig
+from quantum.noise import device_backend
 
 CouplingName = Literal["line", "ring", "full", "heavy_hex"]
 Edge = tuple[int, int]

@@ -62,11 +62,10 @@ from qiskit_aer.noise import NoiseModel
 
 from qfl.errors import QuantumError
 from quantum.circuits import VariationalCircuit
-from quantum.compile import CompileCache, CompileConfig, CompiledCircuit, compile_with, translate
+from quantum.compile import CompileCache, CompiledCircuit, compile_with, translate
+from quantum.config import CompileConfig, Folding, MitigationConfig, NoiseConfig
 from quantum.executors.base import Executor, Overhead
 from quantum.mitigation import (
-    Folding,
-    MitigationConfig,
     OutputMap,
     achieved_scale,
     calibrate,
@@ -80,7 +79,7 @@ from quantum.mitigation import (
     parity_operator,
     readout_from_calibration,
 )
-from quantum.noise import NoiseConfig, build_noise_model, device_backend, device_noise_model
+from quantum.noise import build_noise_model, device_backend, device_noise_model
 from quantum.parameter_shift import assemble, shifted_values, spsa_assemble, spsa_values
 
 GradientMethod = Literal["parameter_shift", "spsa"]

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from quantum.circuits import VariationalCircuit
-
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
     from qiskit.transpiler import Target
+
+    from quantum.circuits import VariationalCircuit
 
 
 @dataclass(frozen=True)

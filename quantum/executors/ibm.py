@@ -41,9 +41,9 @@ from qiskit.providers import BackendV2
 
 from qfl.errors import QuantumError, QuantumResourceUnavailable
 from quantum.circuits import VariationalCircuit
-from quantum.compile import CompileCache, CompileConfig, CompiledCircuit
+from quantum.compile import CompileCache, CompiledCircuit
+from quantum.config import CompileConfig, MitigationConfig
 from quantum.executors.aer import GradientMethod, Group, ShotExecutor, compile_for
-from quantum.mitigation import MitigationConfig
 from quantum.noise import IBM_HINT, fake_backend
 
 TOKEN_ENV = "QISKIT_IBM_TOKEN"

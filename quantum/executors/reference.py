@@ -30,9 +30,10 @@ from qiskit_machine_learning.neural_networks import EstimatorQNN
 
 from qfl.errors import QuantumError
 from quantum.circuits import VariationalCircuit
+from quantum.config import NoiseConfig
 from quantum.executors.aer import values_matrix
 from quantum.executors.base import Executor
-from quantum.noise import NoiseConfig, build_noise_model
+from quantum.noise import build_noise_model
 
 
 class ReferenceExecutor(Executor):

@@ -651,7 +651,7 @@ def test_aggregator_mask_must_match_weights() -> None:
 
 def test_quantum_param_mask_marks_only_circuit_angles() -> None:
     from federated.models import ModelConfig, build_model, get_flat, quantum_param_mask, set_flat
-    from quantum.layer import QuantumConfig
+    from quantum.config import QuantumConfig
 
     quantum = QuantumConfig(qubits=3, layers=2, shots=None)
     mlp = build_model(ModelConfig(hidden=(5,)), (4,), 3, seed=0)

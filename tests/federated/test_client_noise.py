@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from federated.client import mitigation_variance_factor, update_noise_variance
-from quantum.mitigation import MitigationConfig
+from quantum.config import MitigationConfig
 
 
 def test_shot_noise_variance_bound_and_fidelity_inflation():

@@ -16,7 +16,7 @@ from federated.models import (
 )
 from federated.train import TrainConfig, local_train
 from qfl.errors import TrainingError
-from quantum.layer import QuantumConfig
+from quantum.config import QuantumConfig
 
 
 def test_each_layer_averages_over_the_clients_that_hold_it():

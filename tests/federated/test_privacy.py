@@ -32,7 +32,7 @@ from federated.privacy import (
     zhou_ying_epsilon,
 )
 from qfl.errors import ConfigError, TrainingError
-from quantum.noise import NoiseConfig
+from quantum.config import NoiseConfig
 
 CENTRAL = PrivacyConfig(mode="central", clip=0.7, noise_multiplier=1.3)
 LOCAL = PrivacyConfig(mode="local", clip=0.5, noise_multiplier=2.0)
@@ -315,7 +315,8 @@ def test_outcome_epsilon_combines_depolarizing_and_readout():
 def test_outcome_bound_holds_on_the_noisy_aer_circuit():
     """Exact noisy expectations of the real ansatz: |<P>| <= (1 - p1)(1 - 2r) for any input,
     so each +-1 outcome has probability in [g, 1 - g]."""
-    from quantum.circuits import CircuitConfig, build_circuit
+    from quantum.circuits import build_circuit
+    from quantum.config import CircuitConfig
     from quantum.executors.aer import AerExecutor
 
     circuit = build_circuit(CircuitConfig(qubits=2, layers=2))

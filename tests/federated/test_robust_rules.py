@@ -147,7 +147,7 @@ SHOT_VARIANCE = 1e-4  # the others: small, well-characterised shot noise
 
 
 def _hybrid_run(data: FederatedData, config: AggregationConfig, rounds: int = 6) -> float:
-    from quantum.layer import QuantumConfig
+    from quantum.config import QuantumConfig
 
     quantum = QuantumConfig(qubits=4, layers=2, shots=None)
     hybrid = ModelConfig(kind="hybrid", hidden=(16,))

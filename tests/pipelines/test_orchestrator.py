@@ -8,9 +8,8 @@ import pytest
 from federated.messages import ClientUpdate
 from pipelines.orchestration import Orchestrator, exact_quantum, resource_quantum
 from pipelines.scheduler import ClientKindsConfig, ClientsConfig, SchedulerConfig
-from quantum.layer import QuantumConfig
+from quantum.config import NoiseConfig, QuantumConfig
 from quantum.monitor import ResourceMonitor
-from quantum.noise import NoiseConfig
 from quantum.resources import AvailabilityConfig, ResourceConfig
 
 NOISE = NoiseConfig(kind="parametric", p1=0.001, p2=0.01, readout=0.02)

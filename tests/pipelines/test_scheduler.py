@@ -25,7 +25,7 @@ from pipelines.scheduler import (
     plan_round,
     select_clients,
 )
-from quantum.circuits import CircuitConfig
+from quantum.config import CircuitConfig
 from quantum.monitor import JobOutcome, MonitorConfig, ResourceMonitor
 from quantum.resources import ResourceState
 

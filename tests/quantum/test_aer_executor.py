@@ -13,9 +13,9 @@ from qiskit.quantum_info import SparsePauliOp, Statevector
 from qiskit_aer.noise import NoiseModel, ReadoutError
 
 from qfl.errors import QuantumError
-from quantum.circuits import CircuitConfig, VariationalCircuit, build_circuit
+from quantum.circuits import VariationalCircuit, build_circuit
+from quantum.config import CircuitConfig, NoiseConfig
 from quantum.executors.aer import AerExecutor, check_shift_rule
-from quantum.noise import NoiseConfig
 
 SHOTS = 10**6
 DEPOLARIZING = NoiseConfig(kind="parametric", p1=0.001, p2=0.01)

@@ -8,10 +8,9 @@ from pydantic import ValidationError
 from qiskit.quantum_info import Operator, Statevector
 
 from qfl.errors import QuantumError
-from quantum.circuits import CircuitConfig, VariationalCircuit, build_circuit
+from quantum.circuits import VariationalCircuit, build_circuit
 from quantum.compile import (
     CompileCache,
-    CompileConfig,
     compile_nisq,
     compile_with,
     coupling_map,
@@ -19,9 +18,9 @@ from quantum.compile import (
     translate,
     two_qubit_count,
 )
+from quantum.config import CircuitConfig, CompileConfig, NoiseConfig, QuantumConfig
 from quantum.executors.aer import AerExecutor
-from quantum.layer import QuantumConfig, QuantumLayer, circuit_fidelity
-from quantum.noise import NoiseConfig
+from quantum.layer import QuantumLayer, circuit_fidelity
 
 
 def bound(vc: VariationalCircuit, circuit, seed: int = 0):

@@ -10,7 +10,8 @@ import torch
 from qiskit.quantum_info import Statevector
 
 from qfl.errors import QuantumError
-from quantum.circuits import CircuitConfig, build_circuit
+from quantum.circuits import build_circuit
+from quantum.config import CircuitConfig
 from quantum.executors.base import Executor
 from quantum.executors.exact import ExactExecutor
 from quantum.statevector import compile_circuit

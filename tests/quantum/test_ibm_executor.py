@@ -11,10 +11,10 @@ import pytest
 from qiskit.quantum_info import Statevector
 
 from qfl.errors import QuantumError, QuantumResourceUnavailable
-from quantum.circuits import CircuitConfig, VariationalCircuit, build_circuit
+from quantum.circuits import VariationalCircuit, build_circuit
+from quantum.config import CircuitConfig, NoiseConfig
 from quantum.executors.aer import AerExecutor
 from quantum.executors.ibm import IBMExecutor
-from quantum.noise import NoiseConfig
 
 
 def exact(vc: VariationalCircuit, x: np.ndarray, w: np.ndarray):

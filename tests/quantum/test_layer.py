@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from federated.models import ModelConfig, build_model, get_flat
 from qfl.errors import QuantumError, TrainingError
-from quantum.circuits import CircuitConfig, build_circuit
-from quantum.layer import QuantumConfig, QuantumLayer, circuit_fidelity
-from quantum.noise import NoiseConfig
+from quantum.circuits import build_circuit
+from quantum.config import CircuitConfig, NoiseConfig, QuantumConfig
+from quantum.layer import QuantumLayer, circuit_fidelity
 
 
 def test_config_rejects_noise_on_a_noiseless_executor():
@@ -125,8 +125,7 @@ def test_penalty_counts_only_the_active_layers():
 
 
 def test_config_rejects_mitigation_and_compilation_where_they_cannot_apply():
-    from quantum.compile import CompileConfig
-    from quantum.mitigation import MitigationConfig
+    from quantum.config import CompileConfig, MitigationConfig
 
     zne = MitigationConfig(techniques=("zne",))
     with pytest.raises(ValidationError, match="mitigation needs aer or ibm"):
@@ -151,7 +150,7 @@ def test_config_rejects_mitigation_and_compilation_where_they_cannot_apply():
 
 
 def test_layer_reports_its_executors_overhead():
-    from quantum.mitigation import MitigationConfig
+    from quantum.config import MitigationConfig
 
     zne = MitigationConfig(techniques=("zne",), scale_factors=(1, 3))
     config = QuantumConfig(qubits=2, layers=2, executor="aer", shots=100, mitigation=zne)

@@ -17,11 +17,11 @@ from qiskit.quantum_info import (
 from qiskit_aer.noise import NoiseModel, ReadoutError, depolarizing_error
 
 from qfl.errors import QuantumError
-from quantum.circuits import CircuitConfig, VariationalCircuit, build_circuit
+from quantum.circuits import VariationalCircuit, build_circuit
+from quantum.config import CircuitConfig, MitigationConfig, NoiseConfig
 from quantum.executors.aer import AerExecutor, readout_expansion
 from quantum.executors.base import Overhead
 from quantum.mitigation import (
-    MitigationConfig,
     OutputMap,
     achieved_scale,
     bit_parity,
@@ -41,7 +41,6 @@ from quantum.mitigation import (
     substrings,
     symmetry_projected,
 )
-from quantum.noise import NoiseConfig
 
 NOISE = NoiseConfig(kind="parametric", p2=0.02, readout=0.02)
 

@@ -12,14 +12,8 @@ from qiskit_aer.noise import (
 )
 
 from qfl.errors import QuantumResourceUnavailable
-from quantum.noise import (
-    ONE_QUBIT_GATES,
-    TWO_QUBIT_GATES,
-    NoiseConfig,
-    build_noise_model,
-    describe,
-    device_backend,
-)
+from quantum.config import NoiseConfig, describe
+from quantum.noise import ONE_QUBIT_GATES, TWO_QUBIT_GATES, build_noise_model, device_backend
 
 
 def _expected_model(one, two, readout: float = 0.0) -> NoiseModel:

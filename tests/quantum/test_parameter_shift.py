@@ -8,7 +8,8 @@ from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
-from quantum.circuits import CircuitConfig, build_circuit
+from quantum.circuits import build_circuit
+from quantum.config import CircuitConfig
 from quantum.parameter_shift import assemble, shifted_values, spsa_assemble, spsa_values
 
 

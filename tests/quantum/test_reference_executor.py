@@ -8,10 +8,10 @@ import torch
 from qiskit.quantum_info import Statevector
 
 from qfl.errors import QuantumError
-from quantum.circuits import CircuitConfig, VariationalCircuit, build_circuit
+from quantum.circuits import VariationalCircuit, build_circuit
+from quantum.config import CircuitConfig, NoiseConfig
 from quantum.executors.aer import AerExecutor
 from quantum.executors.reference import ReferenceExecutor
-from quantum.noise import NoiseConfig
 
 
 def exact_rows(vc: VariationalCircuit, values: np.ndarray) -> np.ndarray:

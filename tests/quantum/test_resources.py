@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from qfl.errors import QuantumResourceUnavailable
-from quantum.noise import NoiseConfig, build_noise_model
+from quantum.config import NoiseConfig
+from quantum.noise import build_noise_model
 from quantum.resources import (
     AvailabilityConfig,
     ErrorRates,

@@ -13,7 +13,8 @@ from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from qfl.errors import QuantumError
 from quantum import statevector
-from quantum.circuits import CircuitConfig, build_circuit
+from quantum.circuits import build_circuit
+from quantum.config import CircuitConfig
 from quantum.statevector import compile_circuit, expectation
 
 ROTATIONS = ("rx", "ry", "rz")
