@@ -133,13 +133,35 @@ def test_resume_of_an_unknown_run_is_a_clear_error(tmp_path, clean_env, capsys):
     assert not (runs / "no-such").exists() and not (REPO / "runs" / "no-such").exists()
 
 
+def _crash_before_a_checkpoint(monkeypatch, config, uri: str, *, commit: int) -> Path:
+    """Run `config` until its `commit`-th round commit has stored the round's block and
+    not yet renamed its checkpoint into place, and stop there as a kill would; its run
+    folder."""
+    import pipelines.run as run_module
+    from pipelines.run import run_experiment
+
+    promote, commits = run_module.promote_checkpoint, []
+
+    def crash(run_dir):
+        commits.append(run_dir)
+        if len(commits) == commit:
+            raise KeyboardInterrupt
+        return promote(run_dir)
+
+    monkeypatch.setattr(run_module, "promote_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tracking_uri=uri)
+    monkeypatch.setattr(run_module, "promote_checkpoint", promote)
+    (run_dir,) = config.output.runs_dir.iterdir()
+    return run_dir
+
+
 def test_a_crash_between_a_block_and_its_checkpoint_resumes_from_the_block(
     tmp_path, ray_local, monkeypatch, clean_env
 ):
     """The window the pending checkpoint covers: round 3's closing block is stored, its
     checkpoint not yet renamed into place. The resumed run takes the pending checkpoint
     (its block is on the ledger), so the ledger is never a round ahead of the state."""
-    import pipelines.run as run_module
     from pipelines.checkpoint import PENDING, load_checkpoint
     from pipelines.config import load_config
     from pipelines.run import run_experiment
@@ -147,20 +169,8 @@ def test_a_crash_between_a_block_and_its_checkpoint_resumes_from_the_block(
     def config(folder: str):
         return load_config(QUICKSTART, [*COMMON, f"output.runs_dir={tmp_path / folder}"])
 
-    promote, commits = run_module.promote_checkpoint, []
-
-    def crash_on_the_third(run_dir):
-        commits.append(run_dir)
-        if len(commits) == 3:
-            raise KeyboardInterrupt  # as a kill would, after block 3 and before the rename
-        return promote(run_dir)
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setattr(run_module, "promote_checkpoint", crash_on_the_third)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(config("runs"), tracking_uri=uri)
-    monkeypatch.setattr(run_module, "promote_checkpoint", promote)
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    run_dir = _crash_before_a_checkpoint(monkeypatch, config("runs"), uri, commit=3)
     assert (run_dir / PENDING).is_file()
     assert verify_ledger(run_dir / "ledger.db").rounds_closed == 3  # the block is stored
 
@@ -183,7 +193,6 @@ def test_a_resumed_hybrid_run_sees_the_circuit_breaker_the_uninterrupted_one_saw
     quantum round (round 1 runs classically for that reason). A crash after round 0's
     block: the resumed run must restore the monitor's job history from the checkpoint
     to trip round 1 too, not send its clients to the resource again."""
-    import pipelines.run as run_module
     from pipelines.config import load_config
     from pipelines.run import run_experiment
 
@@ -202,17 +211,8 @@ def test_a_resumed_hybrid_run_sees_the_circuit_breaker_the_uninterrupted_one_saw
             ],
         )
 
-    promote = run_module.promote_checkpoint
-
-    def crash_on_the_first(run_dir):
-        raise KeyboardInterrupt  # after round 0's block, before its checkpoint's rename
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setattr(run_module, "promote_checkpoint", crash_on_the_first)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(config("runs"), tracking_uri=uri)
-    monkeypatch.setattr(run_module, "promote_checkpoint", promote)
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    run_dir = _crash_before_a_checkpoint(monkeypatch, config("runs"), uri, commit=1)
     resumed = run_experiment(config("runs"), tracking_uri=uri, resume=run_dir.name)
     reference = run_experiment(config("reference"), tracking_uri=uri)
 

@@ -846,18 +846,17 @@ def predicted_leader_of(validators) -> int:
     return leader_for(run_beacon(twins, height=1), range(4))
 
 
-def test_prechecked_transactions_skip_the_check_and_a_bad_one_is_not_remembered(
-    validator_signers, verifier, client
-) -> None:
-    keys = keys_of(validator_signers)
-    seen: list[int] = []
+def _counting_validators(validator_signers, verifier, client, seen, prechecked=None):
+    """Validators whose own check (the update signatures) appends to `seen` how many
+    transactions it was given; `prechecked`: one table for all of them."""
     inner = update_signature_check(verifier, {0: client.public_key}, RUN_ID)
 
     def counting(transactions):
         seen.append(len(transactions))
         inner(transactions)
 
-    validators = [
+    keys = keys_of(validator_signers)
+    return [
         Validator(
             i,
             s,
@@ -865,9 +864,18 @@ def test_prechecked_transactions_skip_the_check_and_a_bad_one_is_not_remembered(
             np.random.default_rng([0, i]).bytes,
             verifier=verifier,
             check_transactions=counting,
+            prechecked=prechecked,
         )
         for i, s in sorted(validator_signers.items())
     ]
+
+
+def test_prechecked_transactions_skip_the_check_and_a_bad_one_is_not_remembered(
+    validator_signers, verifier, client
+) -> None:
+    keys = keys_of(validator_signers)
+    seen: list[int] = []
+    validators = _counting_validators(validator_signers, verifier, client, seen)
     txs = transactions(client)
     forged = txs[1].model_copy(update={"signature": bytes(3309)})
     for v in validators:
@@ -898,25 +906,8 @@ def test_validators_sharing_a_precheck_table_check_each_transaction_once(
     (other bytes) is still checked and refused."""
     keys = keys_of(validator_signers)
     seen: list[int] = []
-    inner = update_signature_check(verifier, {0: client.public_key}, RUN_ID)
-
-    def counting(transactions):
-        seen.append(len(transactions))
-        inner(transactions)
-
     table: dict = {}
-    validators = [
-        Validator(
-            i,
-            s,
-            keys,
-            np.random.default_rng([0, i]).bytes,
-            verifier=verifier,
-            check_transactions=counting,
-            prechecked=table,
-        )
-        for i, s in sorted(validator_signers.items())
-    ]
+    validators = _counting_validators(validator_signers, verifier, client, seen, table)
     txs = transactions(client)
     assert validators[0].precheck(txs) == 2 and seen == [1, 1]
     assert set(table) == {encode_tx(tx) for tx in txs}
