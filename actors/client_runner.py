@@ -22,6 +22,8 @@ from federated.client import (
     SecAggSpec,
     SecureMasked,
     SecureTrained,
+    SecureTrainedBatch,
+    run_each,
     train_batch,
 )
 from federated.data import FederatedData
@@ -80,6 +82,15 @@ class ClientRunnerActor:
     ) -> SecureTrained:
         self._fault(task.round, task.client_id, "train")
         return self._runner.secure_train(task, weights, roster, spec)
+
+    def secure_train_batch(
+        self, weights: np.ndarray, tasks: Sequence[ClientTask], roster: Roster, spec: SecAggSpec
+    ) -> SecureTrainedBatch:
+        """`secure_train` each task in turn; a client that raises is a failure in the answer."""
+        trained, failures = run_each(
+            tasks, lambda task: self.secure_train(weights, task, roster, spec)
+        )
+        return SecureTrainedBatch(updates=trained, failures=failures)
 
     def secure_share(
         self, round_: int, exchanges: Sequence[KeyExchange], clients: Sequence[int]

@@ -19,7 +19,13 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from actors.client_runner import ClientRunnerActor
-from federated.client import SecAggSpec, SecureTrained, balance, batch_plan
+from federated.client import (
+    SecAggSpec,
+    SecureTrained,
+    SecureTrainedBatch,
+    balance,
+    batch_plan,
+)
 from federated.data import FederatedData
 from federated.messages import ClientFailure, ClientTask, ClientUpdate, TrainedBatch, error_reason
 from federated.models import ModelConfig
@@ -93,13 +99,7 @@ class ClientPool:
         the round (`RoundResult.parts`): `on_part` gets its object ref at once (e.g. to
         have it validated while the rest train). The result is in client-id order.
         """
-        plan = balance(costs if costs is not None else [1.0] * len(tasks), len(self.actors))
-        submitted = {
-            self.actors[slot].train_batch.remote(weights_ref, [tasks[i] for i in batch]): [
-                tasks[i] for i in batch
-            ]
-            for slot, batch in batch_plan(plan, len(self.actors))
-        }
+        submitted, _ = self._submit("train_batch", weights_ref, tasks, costs)
         if during is not None:
             during()
         return self._gather(submitted, timeout_s, on_part)
@@ -121,7 +121,7 @@ class ClientPool:
             ready, pending = ray.wait(pending, timeout=remaining, fetch_local=False)
             for ref in ready:
                 try:
-                    batch: TrainedBatch = ray.get(ref, timeout=60)
+                    batch: TrainedBatch | SecureTrainedBatch = ray.get(ref, timeout=60)
                 except (RayTaskError, RayActorError, GetTimeoutError) as exc:
                     result.failures += [_failure(task, _reason(exc)) for task in submitted[ref]]
                     continue
@@ -150,9 +150,10 @@ class ClientPool:
     ) -> tuple[dict[int, tuple[int, SecureTrained]], list[ClientFailure]]:
         """Secure step 1 for every task (planned as in `run_round`): client id -> (the slot
         of the runner that now holds its state, its answer), and the failures."""
-        submitted, slots = self._submit("secure_train", weights_ref, tasks, costs, roster, spec)
-        ready, failures = self._wait(submitted, timeout_s)
-        result = _collect([(submitted[ref], ref) for ref in ready], failures)
+        submitted, slots = self._submit(
+            "secure_train_batch", weights_ref, tasks, costs, roster, spec
+        )
+        result = self._gather(submitted, timeout_s, None)
         trained = {u.client_id: (slots[u.client_id], u) for u in result.updates}
         return trained, result.failures
 
@@ -189,56 +190,17 @@ class ClientPool:
         tasks: Sequence[ClientTask],
         costs: Sequence[float] | None,
         *extra,
-    ) -> tuple[dict[ray.ObjectRef, ClientTask], dict[int, int]]:
-        """Plan the tasks onto the runners (`balance`) and submit them all at once."""
+    ) -> tuple[dict[ray.ObjectRef, list[ClientTask]], dict[int, int]]:
+        """Plan the tasks onto the runners (`balance`) and submit them all at once, in
+        batches (`batch_plan`): each batch's call -> its tasks, and client id -> runner."""
         plan = balance(costs if costs is not None else [1.0] * len(tasks), len(self.actors))
-        submitted = {
-            getattr(self.actors[slot], method).remote(weights_ref, task, *extra): task
-            for task, slot in zip(tasks, plan, strict=True)
-        }
-        slots = {task.client_id: slot for task, slot in zip(tasks, plan, strict=True)}
+        submitted, slots = {}, {}
+        for slot, batch in batch_plan(plan, len(self.actors)):
+            batch_tasks = [tasks[i] for i in batch]
+            call = getattr(self.actors[slot], method).remote(weights_ref, batch_tasks, *extra)
+            submitted[call] = batch_tasks
+            slots |= {task.client_id: slot for task in batch_tasks}
         return submitted, slots
-
-    def _wait(
-        self, submitted: dict[ray.ObjectRef, ClientTask], timeout_s: float
-    ) -> tuple[list[ray.ObjectRef], list[ClientFailure]]:
-        """One `ray.wait` with the round deadline; the unanswered are cancelled and failed."""
-        ready, unanswered = ray.wait(
-            list(submitted), num_returns=len(submitted), timeout=timeout_s, fetch_local=False
-        )
-        failures = []
-        for ref in unanswered:
-            ray.cancel(ref)
-            reason = f"no answer within the round timeout ({timeout_s}s)"
-            failures.append(_failure(submitted[ref], reason))
-        return ready, failures
-
-
-def _collect(done: list[tuple[ClientTask, ray.ObjectRef]], failures: list[ClientFailure]):
-    """Fetch the finished tasks' answers (updates, or secure step-1 answers) in one call;
-    on any error, one by one.
-
-    A single `ray.get` over all refs costs one round trip instead of one per client; when
-    it raises (a client's task failed, an actor died), the per-ref pass finds which.
-    """
-    result = RoundResult(failures=failures)
-    done = sorted(done, key=lambda item: item[0].client_id)
-    try:
-        updates = ray.get([ref for _, ref in done], timeout=60)
-    except (RayTaskError, RayActorError, GetTimeoutError):
-        updates = None
-    for i, (task, ref) in enumerate(done):
-        if updates is not None:
-            update = updates[i]
-        else:
-            try:
-                update = ray.get(ref, timeout=60)
-            except (RayTaskError, RayActorError, GetTimeoutError) as exc:
-                result.failures.append(_failure(task, _reason(exc)))
-                continue
-        result.updates.append(update)
-    result.failures.sort(key=lambda f: f.client_id)
-    return result
 
 
 def _failure(task: ClientTask, reason: str) -> ClientFailure:

@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -156,6 +156,15 @@ class SecureTrained(BaseModel):
             resource=self.resource,
             probe_gain=self.probe_gain,
         )
+
+
+class SecureTrainedBatch(BaseModel):
+    """A runner's answer to a batch of secure step 1s (the `TrainedBatch` of a secure round)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    updates: tuple[SecureTrained, ...] = ()
+    failures: tuple[ClientFailure, ...] = ()
 
 
 class SecureMasked(BaseModel):
@@ -606,24 +615,35 @@ class ClientRunner:
         return verifier
 
 
+Answer = TypeVar("Answer")  # what a client's step returns (an update, a secure step 1)
+
+
+def run_each(
+    tasks: Sequence[ClientTask], step: Callable[[ClientTask], Answer]
+) -> tuple[tuple[Answer, ...], tuple[ClientFailure, ...]]:
+    """`step` each task in turn: (the answers, the clients whose step raised).
+
+    One client's fault (an unregistered id, a quantum job that cannot fall back, a
+    bug) must not cost the others of its batch their answers.
+    """
+    answers, failures = [], []
+    for task in tasks:
+        try:
+            answers.append(step(task))
+        except Exception as exc:  # noqa: BLE001 - any client error is recorded, not raised
+            reason = error_reason(exc)
+            failures.append(
+                ClientFailure(client_id=task.client_id, round=task.round, reason=reason)
+            )
+    return tuple(answers), tuple(failures)
+
+
 def train_batch(
     tasks: Sequence[ClientTask], train: Callable[[ClientTask], ClientUpdate]
 ) -> TrainedBatch:
-    """`train` each task in turn; a client whose training raises becomes a failure.
-
-    One client's fault (an unregistered id, a quantum job that cannot fall back, a
-    bug) must not cost the others of its batch their updates.
-    """
-    updates, failures = [], []
-    for task in tasks:
-        try:
-            updates.append(train(task))
-        except Exception as exc:  # noqa: BLE001 - any client error is recorded, not raised
-            failure = ClientFailure(
-                client_id=task.client_id, round=task.round, reason=error_reason(exc)
-            )
-            failures.append(failure)
-    return TrainedBatch(updates=tuple(updates), failures=tuple(failures))
+    """`train` each task in turn (`run_each`): a runner's answer to a batch."""
+    updates, failures = run_each(tasks, train)
+    return TrainedBatch(updates=updates, failures=failures)
 
 
 def batch_sizes(n: int) -> list[int]:

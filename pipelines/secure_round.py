@@ -5,7 +5,7 @@ steps run in the runner actors, server steps in the driver:
 
     driver (SecureRound)                               runner actors (ClientRunner)
     Roster: the sampled clients' keys, t
-    pool.train_secure, one call per client ------>     train, keep the update, key_exchange
+    pool.train_secure, a few calls per runner --->     train, keep the update, key_exchange
     receive_key_exchanges -> U1
     secure_share, one call per runner ----------->     share_keys of its clients
     route_shares -> U2, public weights
@@ -16,11 +16,11 @@ steps run in the runner actors, server steps in the driver:
     finish -> the sum; DP noise; server step
     secure_end, one call per runner ------------->     drop the round's state
 
-Routing. `pool.train_secure` plans the clients onto runners as plain training does
-(`federated.client.balance`) and reports which runner (slot) now holds each client's
-state; every later step of that client goes to the same slot, batched per runner. The
-state lives for one round: `secure_end` drops it, and a runner entering a later round
-drops what is left of an earlier one.
+Routing. `pool.train_secure` plans the clients onto runners, in batches, as plain
+training does (`federated.client.balance`, `batch_plan`) and reports which runner
+(slot) now holds each client's state; every later step of that client goes to the same
+slot, batched per runner. The state lives for one round: `secure_end` drops it, and a
+runner entering a later round drops what is left of an earlier one.
 
 Weights. They are public and applied before masking. FedAvg/FedProx: client k masks
 w_k x_k with w_k = n_k / sum_{j in U2} n_j (n_k is also in its signed ledger record); the
