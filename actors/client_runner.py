@@ -26,9 +26,9 @@ from federated.client import (
     run_each,
     train_batch,
 )
+from federated.config import ModelConfig, TrainConfig
 from federated.data import FederatedData
 from federated.messages import ClientTask, ClientUpdate, TrainedBatch
-from federated.models import ModelConfig
 from federated.secagg import (
     KeyExchange,
     Roster,
@@ -37,7 +37,6 @@ from federated.secagg import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from federated.train import TrainConfig
 from ledger.keeper import SigningSpec
 from qfl.errors import TrainingError
 

@@ -26,10 +26,9 @@ from federated.client import (
     balance,
     batch_plan,
 )
+from federated.config import ModelConfig, TrainConfig
 from federated.data import FederatedData
 from federated.messages import ClientFailure, ClientTask, ClientUpdate, TrainedBatch, error_reason
-from federated.models import ModelConfig
-from federated.train import TrainConfig
 from ledger.keeper import SigningSpec
 
 

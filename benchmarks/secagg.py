@@ -33,8 +33,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from federated.aggregate import apply_update, fedavg
+from federated.config import ModelConfig, TrainConfig
 from federated.data import build_federated_data
-from federated.models import ModelConfig, build_model, get_flat
+from federated.models import build_model, get_flat
 from federated.secagg import (
     Roster,
     SecAggClient,
@@ -46,7 +47,7 @@ from federated.secagg import (
     round_secret,
     threshold_count,
 )
-from federated.train import TrainConfig, local_train
+from federated.train import local_train
 from ledger.crypto import Verifier, signer_from_seed
 from ledger.keys import derive_seed, master_secret_from_run_seed
 

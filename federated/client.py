@@ -34,11 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from federated.attacks import AttackConfig, attack_rng, corrupt_delta, poison_data
+from federated.config import ModelConfig, TrainConfig
 from federated.crosscheck import CrossCheckConfig, cross_check
 from federated.data import ArrayDataset, FederatedData
 from federated.messages import ClientFailure, ClientTask, ClientUpdate, TrainedBatch, error_reason
 from federated.models import (
-    ModelConfig,
     build_model,
     quantum_overhead,
     reseed,
@@ -62,7 +62,7 @@ from federated.secagg import (
     masked_digest,
     round_secret,
 )
-from federated.train import LocalResult, TrainConfig, local_train
+from federated.train import LocalResult, local_train
 from ledger.crypto import Signer, Verifier
 from ledger.keeper import SigningSpec, client_signer, sign_update, update_nonce
 from ledger.records import Update, UpdatePath

@@ -10,39 +10,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
+from federated.config import ModelConfig
 from qfl.errors import TrainingError
 
 if TYPE_CHECKING:
     from quantum.executors.base import Overhead
-
-
-class ModelConfig(BaseModel):
-    """Model kind and its classical shape (the quantum layer is configured by QuantumConfig).
-
-    mlp and cnn are classical; hybrid is encoder MLP (hidden) -> quantum layer ->
-    linear head; vqc is a variational quantum classifier on `qubits` features
-    (reduce them first, e.g. data.pca_components) with a linear readout.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["mlp", "cnn", "hybrid", "vqc"] = "mlp"
-    hidden: tuple[PositiveInt, ...] = Field((64,), description="MLP / hybrid encoder widths")
-    channels: tuple[PositiveInt, ...] = Field((16, 32), description="CNN conv channels")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-
-    @model_validator(mode="after")
-    def _cnn_has_convs(self) -> ModelConfig:
-        if self.kind == "cnn" and not self.channels:
-            raise ValueError("a cnn needs at least one conv layer in model.channels")
-        return self
 
 
 class MLP(nn.Module):

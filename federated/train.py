@@ -11,28 +11,15 @@ Delta w_k = w_k - w_t. Every random draw (batch order, dropout) comes from
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from federated.config import TrainConfig
 from federated.data import ArrayDataset
 from federated.models import get_flat, set_flat
-
-
-class TrainConfig(BaseModel):
-    """Local training on each client."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
 
 
 class LocalResult(BaseModel):

@@ -19,14 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from federated.aggregate import AggregationConfig
 from federated.attacks import AttackConfig, num_attackers
+from federated.config import ModelConfig, TrainConfig
 from federated.crosscheck import CrossCheckConfig
 from federated.data import DATASETS, PARTITIONS
 from federated.energy import EnergyConfig
-from federated.models import ModelConfig
 from federated.network import NetworkConfig
 from federated.privacy import PrivacyConfig
 from federated.secagg import SecAggConfig, check_secagg_config
-from federated.train import TrainConfig
 from ledger.keeper import LedgerConfig
 from ledger.keys import master_secret_from_env
 from pipelines.scheduler import ClientsConfig, SchedulerConfig

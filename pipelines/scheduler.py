@@ -55,8 +55,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ledger.records import Assignment
-from quantum.circuits import entangling_pairs
-from quantum.config import CircuitConfig
+from quantum.config import CircuitConfig, entangling_pairs
 from quantum.monitor import MonitorSnapshot
 from quantum.resources import ResourceState
 

@@ -19,32 +19,13 @@ string "IZ" measures Z on qubit 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 from qiskit import QuantumCircuit
 from qiskit.circuit import ParameterVector
 from qiskit.quantum_info import SparsePauliOp
 
-from qfl.errors import QuantumError
-from quantum.config import CircuitConfig, Pattern
-
-
-def entangling_pairs(
-    pattern: Pattern | tuple[tuple[int, int], ...], n: int
-) -> list[tuple[int, int]]:
-    """CNOT (control, target) pairs of one entangling block E_l, in application order."""
-    if not isinstance(pattern, str):
-        return [(int(a), int(b)) for a, b in pattern]
-    if n < 2:
-        return []
-    if pattern == "linear":
-        return [(i, i + 1) for i in range(n - 1)]
-    if pattern == "ring":
-        return [(i, (i + 1) % n) for i in range(n)] if n > 2 else [(0, 1)]
-    if pattern == "full":
-        return list(combinations(range(n), 2))
-    raise QuantumError(f"unknown entanglement pattern {pattern!r} (linear, ring, full or edges)")
+from quantum.config import CircuitConfig, entangling_pairs
 
 
 @dataclass(frozen=True)

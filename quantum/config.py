@@ -11,10 +11,13 @@ modules that act on them (`quantum.circuits`, `quantum.noise`,
 from __future__ import annotations
 
 import re
+from itertools import combinations
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from qfl.errors import QuantumError
 
 # ---------------------------------------------------------------------- circuits
 
@@ -51,6 +54,23 @@ class CircuitConfig(BaseModel):
                 if len(label) != n or set(label) - set("IXYZ"):
                     raise ValueError(f"observable {label!r} is not a Pauli string on {n} qubits")
         return self
+
+
+def entangling_pairs(
+    pattern: Pattern | tuple[tuple[int, int], ...], n: int
+) -> list[tuple[int, int]]:
+    """CNOT (control, target) pairs of one entangling block E_l, in application order."""
+    if not isinstance(pattern, str):
+        return [(int(a), int(b)) for a, b in pattern]
+    if n < 2:
+        return []
+    if pattern == "linear":
+        return [(i, i + 1) for i in range(n - 1)]
+    if pattern == "ring":
+        return [(i, (i + 1) % n) for i in range(n)] if n > 2 else [(0, 1)]
+    if pattern == "full":
+        return list(combinations(range(n), 2))
+    raise QuantumError(f"unknown entanglement pattern {pattern!r} (linear, ring, full or edges)")
 
 
 # ---------------------------------------------------------------------- noise

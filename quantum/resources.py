@@ -42,7 +42,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qfl.errors import QuantumResourceUnavailable
 from quantum.config import MitigationConfig, NoiseConfig
-from quantum.noise import device_backend
 
 CouplingName = Literal["line", "ring", "full", "heavy_hex"]
 Edge = tuple[int, int]
@@ -221,6 +220,8 @@ def calibration(noise: NoiseConfig, seed: int = 0) -> ErrorRates:
     if noise.kind == "parametric":
         return ErrorRates(p1=noise.p1, p2=noise.p2, readout=noise.readout)
     assert noise.device is not None  # checked by NoiseConfig
+    from quantum.noise import device_backend  # qiskit: only for a device snapshot
+
     target = device_backend(noise.device, seed).target
 
     def mean_error(names: Sequence[str], cap: float) -> float:

@@ -8,10 +8,10 @@ import ray
 
 from actors.pool import ClientPool
 from federated.client import ClientRunner
+from federated.config import ModelConfig, TrainConfig
 from federated.data import build_federated_data
 from federated.messages import ClientTask, TrainedBatch
-from federated.models import ModelConfig, build_model, get_flat
-from federated.train import TrainConfig
+from federated.models import build_model, get_flat
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -650,7 +650,8 @@ def test_aggregator_mask_must_match_weights() -> None:
 
 
 def test_quantum_param_mask_marks_only_circuit_angles() -> None:
-    from federated.models import ModelConfig, build_model, get_flat, quantum_param_mask, set_flat
+    from federated.config import ModelConfig
+    from federated.models import build_model, get_flat, quantum_param_mask, set_flat
     from quantum.config import QuantumConfig
 
     quantum = QuantumConfig(qubits=3, layers=2, shots=None)

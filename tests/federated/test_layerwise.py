@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from federated.config import ModelConfig, TrainConfig
 from federated.layerwise import aggregate_layers, layer_mask, masked_average
-from federated.models import (
-    ModelConfig,
-    build_model,
-    get_flat,
-    set_layers_active,
-    trained_mask,
-)
-from federated.train import TrainConfig, local_train
+from federated.models import build_model, get_flat, set_layers_active, trained_mask
+from federated.train import local_train
 from qfl.errors import TrainingError
 from quantum.config import QuantumConfig
 

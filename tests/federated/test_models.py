@@ -10,15 +10,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from federated.models import (
-    MLP,
-    ModelConfig,
-    SmallCNN,
-    build_model,
-    get_flat,
-    set_flat,
-    weights_hash,
-)
+from federated.config import ModelConfig
+from federated.models import MLP, SmallCNN, build_model, get_flat, set_flat, weights_hash
 from qfl.errors import TrainingError
 
 

@@ -256,9 +256,10 @@ def test_dp_fedavg_on_digits_at_epsilon_8_reaches_85_percent(one_torch_thread):
     """100 clients, all in every round (no amplification), 20 rounds, central DP at
     (8, 1e-5): a linear model reaches ~0.88-0.91 test accuracy (noise-free: ~0.95)."""
     from federated.aggregate import apply_update
+    from federated.config import ModelConfig, TrainConfig
     from federated.data import build_federated_data
-    from federated.models import ModelConfig, build_model, get_flat, set_flat
-    from federated.train import TrainConfig, evaluate, local_train
+    from federated.models import build_model, get_flat, set_flat
+    from federated.train import evaluate, local_train
 
     n, rounds = 100, 20
     data = build_federated_data("digits", n_clients=n, partition="iid", seed=0)

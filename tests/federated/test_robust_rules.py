@@ -17,11 +17,12 @@ import torch
 
 from federated.aggregate import AggregationConfig, Aggregator
 from federated.attacks import AttackConfig, attack_rng, corrupt_delta, select_attackers
+from federated.config import ModelConfig, TrainConfig
 from federated.data import FederatedData, build_federated_data
 from federated.messages import ClientUpdate
-from federated.models import ModelConfig, build_model, get_flat, quantum_param_mask, set_flat
+from federated.models import build_model, get_flat, quantum_param_mask, set_flat
 from federated.sampling import client_seed
-from federated.train import TrainConfig, evaluate, local_train
+from federated.train import evaluate, local_train
 
 SEED = 0
 CLIENTS = 10

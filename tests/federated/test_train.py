@@ -8,10 +8,11 @@ import torch
 from pydantic import ValidationError
 
 from federated.client import ClientRunner
+from federated.config import ModelConfig, TrainConfig
 from federated.data import ArrayDataset, build_federated_data
 from federated.messages import ClientTask, ClientUpdate
-from federated.models import ModelConfig, build_model, get_flat, set_flat
-from federated.train import LocalResult, TrainConfig, evaluate, local_train
+from federated.models import build_model, get_flat, set_flat
+from federated.train import LocalResult, evaluate, local_train
 from qfl.errors import TrainingError
 
 

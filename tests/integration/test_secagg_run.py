@@ -21,9 +21,10 @@ from actors.aggregator import AggregatorActor
 from actors.pool import ClientPool
 from federated.aggregate import AggregationConfig
 from federated.client import ClientRunner, SecAggSpec
+from federated.config import ModelConfig, TrainConfig
 from federated.data import build_federated_data
 from federated.messages import ClientTask
-from federated.models import ModelConfig, build_model, get_flat
+from federated.models import build_model, get_flat
 from federated.privacy import PrivacyConfig
 from federated.secagg import (
     MaskedInput,
@@ -35,7 +36,6 @@ from federated.secagg import (
     kem_public_key,
     masked_digest,
 )
-from federated.train import TrainConfig
 from ledger.contract import Contract
 from ledger.crypto import Verifier, resolve_backend
 from ledger.keeper import LedgerConfig, LedgerKeeper, SigningSpec, client_public_keys

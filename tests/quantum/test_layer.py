@@ -9,7 +9,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from federated.models import ModelConfig, build_model, get_flat
+from federated.config import ModelConfig
+from federated.models import build_model, get_flat
 from qfl.errors import QuantumError, TrainingError
 from quantum.circuits import build_circuit
 from quantum.config import CircuitConfig, NoiseConfig, QuantumConfig
