@@ -200,10 +200,6 @@ class _Session:
     client: SecAggClient
 
 
-def _why(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
-
-
 def mitigation_variance_factor(mitigation: MitigationConfig) -> float:
     """How much error mitigation multiplies the shot-noise variance of an estimate.
 
@@ -326,7 +322,7 @@ class ClientRunner:
                 result, noise_variance = self._quantum_update(task, data, weights)
                 path = "quantum"
             except QuantumError as exc:
-                path, reason = "fallback", f"{type(exc).__name__}: {exc}"[:500]
+                path, reason = "fallback", error_reason(exc)
         if result is None:
             result = self._local_train(self._model, task, data, weights)
         gain = self._probe_gain(data, weights, result.delta) if task.probe else None
@@ -594,7 +590,7 @@ class ClientRunner:
                 out[k] = step(session)
             except QflError as exc:
                 self._sessions.pop(k, None)
-                out[k] = _why(exc)
+                out[k] = error_reason(exc)
         return out
 
     def _secagg_signer(self, spec: SecAggSpec, client_id: int) -> Signer:
