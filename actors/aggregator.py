@@ -8,7 +8,7 @@ import numpy as np
 import ray
 
 from federated.aggregate import AggregationConfig, AggregationInfo, Aggregator, PrivateStep
-from federated.messages import ClientUpdate, TrainedBatch, batch_updates
+from federated.messages import ClientUpdate, TrainedBatch
 
 
 @ray.remote(num_cpus=0)
@@ -41,7 +41,7 @@ class AggregatorActor:
     def aggregate_with_info(
         self,
         weights: np.ndarray,
-        *parts: TrainedBatch | Sequence[ClientUpdate],
+        *parts: TrainedBatch,
         accepted: Collection[int] | None = None,
         reliability: Mapping[int, float] | None = None,
         private: PrivateStep | None = None,
@@ -49,11 +49,11 @@ class AggregatorActor:
         """One server step over the updates in `parts` (those of `accepted` clients).
 
         The round's updates come as a few parts (the runners' answers in the store, which
-        the ledger keeper reads too), never one argument each: Ray serialises a task's arguments one
-        by one, and a hundred of them cost several times one list. They are combined in
-        client-id order, whatever parts they arrived in.
+        the ledger keeper reads too), never one argument each: Ray serialises a task's
+        arguments one by one, and a hundred of them cost several times one list. They are
+        combined in client-id order, whatever parts they arrived in.
         """
-        updates = sorted((u for part in parts for u in batch_updates(part)), key=_client_id)
+        updates = sorted((u for part in parts for u in part.updates), key=_client_id)
         if accepted is not None:
             updates = [u for u in updates if u.client_id in accepted]
         return self._aggregator.step(weights, updates, reliability, private)

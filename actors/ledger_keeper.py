@@ -7,13 +7,13 @@ created here and owned by this actor; with ``in_process`` they all live inside i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import ray
 
 from actors.validator import RayValidatorHost
-from federated.messages import ClientUpdate, TrainedBatch, batch_updates
+from federated.messages import TrainedBatch
 from federated.sampling import sample_clients
 from ledger.consensus import Decision, Tamper
 from ledger.keeper import (
@@ -73,11 +73,9 @@ class LedgerKeeperActor:
             round_, n_clients, per_round, sample or sample_clients, assign
         )
 
-    def admit(
-        self, part: TrainedBatch | Sequence[ClientUpdate]
-    ) -> tuple[list[int], list[Rejection], float]:
+    def admit(self, part: TrainedBatch) -> tuple[list[int], list[Rejection], float]:
         """Validate a part of a round's updates (one object, not one ref each)."""
-        return self._keeper.admit([(u.record, u.delta) for u in batch_updates(part)])
+        return self._keeper.admit([(u.record, u.delta) for u in part.updates])
 
     def close_round(
         self,

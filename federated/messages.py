@@ -8,7 +8,6 @@ so that a failure is data, not an exception that tears the round down.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -92,8 +91,3 @@ class TrainedBatch(BaseModel):
 def error_reason(exc: BaseException) -> str:
     """How a failure's reason names an error: ``"<type>: <message>"``, at most 500 chars."""
     return f"{type(exc).__name__}: {exc}"[:500]
-
-
-def batch_updates(part: TrainedBatch | Sequence[ClientUpdate]) -> Sequence[ClientUpdate]:
-    """The updates of a part: a runner's `TrainedBatch` or a plain list of updates."""
-    return part.updates if isinstance(part, TrainedBatch) else part

@@ -13,7 +13,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from actors.ledger_keeper import LedgerKeeperActor
 from actors.validator import resolve_calls
-from federated.messages import ClientUpdate
+from federated.messages import ClientUpdate, TrainedBatch
 from ledger.consensus import InvalidProposal
 from ledger.keeper import LedgerConfig, LedgerKeeper, sign_update, update_nonce
 from ledger.keys import master_secret_from_run_seed
@@ -119,7 +119,8 @@ def _keeper_actor(path, **kwargs):
 
 
 def _round(keeper, round_: int, plan, *, last: bool = False):
-    accepted, rejections, _ = ray.get(keeper.admit.remote(_updates(round_, plan.sampled)))
+    part = TrainedBatch(updates=tuple(_updates(round_, plan.sampled)))
+    accepted, rejections, _ = ray.get(keeper.admit.remote(part))
     assert accepted == list(plan.sampled) and rejections == []
     following = None if last else (round_ + 1, N, 3)
     closed = ray.get(

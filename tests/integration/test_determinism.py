@@ -9,7 +9,7 @@ import ray
 from conftest import QUICKSTART
 
 from actors.ledger_keeper import LedgerKeeperActor
-from federated.messages import ClientUpdate
+from federated.messages import ClientUpdate, TrainedBatch
 from ledger.crypto import liboqs_library
 from ledger.keeper import LedgerConfig, sign_update, update_nonce
 from ledger.keys import master_secret_from_run_seed
@@ -115,7 +115,7 @@ def _ledger(path, signatures: str) -> tuple[bytes, list]:
                     record=record,
                 )
             )
-        ray.get(keeper.admit.remote(updates))
+        ray.get(keeper.admit.remote(TrainedBatch(updates=tuple(updates))))
         following = (round_ + 1, 6, 4) if round_ == 0 else None
         closed = ray.get(
             keeper.close_round.remote(
